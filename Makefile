@@ -1,0 +1,30 @@
+# The two commands a new user needs (each sets up .venv first when needed):
+#   make bench   run the quick benchmark grid, tracked in results/mlflow.db
+#   make test    run the test suite
+PYTHON ?= python3
+VENV := .venv
+PIP := $(VENV)/bin/python -m pip
+STAMP := $(VENV)/.installed-stamp
+PLUGINS := plugins/harness-vision plugins/harness-distillers
+
+.PHONY: setup bench test perf clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt $(addsuffix /pyproject.toml,$(PLUGINS))
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt setuptools wheel
+	$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[test]' $(addprefix -e ,$(PLUGINS))
+	touch $(STAMP)
+
+bench: $(STAMP)
+	$(VENV)/bin/harness bench benchmarks/grids/quick.toml
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+perf: $(STAMP)
+	$(VENV)/bin/python -m pytest benchmarks/perf -q
+
+clean-venv:
+	rm -rf $(VENV)

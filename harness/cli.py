@@ -1,0 +1,197 @@
+"""The ``harness`` command line. torch and mlflow are imported only inside commands that need them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import HarnessError
+
+LIST_KINDS = {"distillers": "distillers", "datasets": "datasets", "archs": "architectures",
+              "architectures": "architectures", "executors": "executors"}
+
+
+def _plugins(warn: bool = True):
+    from .plugins import get_plugins
+
+    plugins = get_plugins()
+    if warn:
+        for problem in plugins.problems:
+            click.echo(f"warning: {problem} (see `harness plugins`)", err=True)
+    return plugins
+
+
+set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                          help="Override a grid-file value, e.g. --set eval.epochs=10 (repeatable).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="distill-harness")
+def cli() -> None:
+    """Benchmark dataset-distillation methods × datasets × architectures, tracked in MLflow."""
+
+
+@cli.command()
+@click.argument("grid_file", type=click.Path(path_type=Path))
+@set_option
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the grid's, else auto).")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow store [default: sqlite:///results/mlflow.db; env MLFLOW_TRACKING_URI].")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="HARNESS_DATA_DIR",
+              help="Where datasets live [env HARNESS_DATA_DIR; default ~/.cache/distill-harness/data].")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Skip trials already finished in the experiment (matched by trial key).")
+def bench(grid_file, overrides, device, tracking_uri, data_dir, resume) -> None:
+    """Run the grid in GRID_FILE and log every trial to MLflow.
+
+    Exit code 0 when every trial passed, 1 when some failed, 2 for invalid input.
+    """
+    from rich.console import Console
+
+    from .bench import run_bench
+    from .grid import check_device, load_grid
+
+    plugins = _plugins()
+    grid = load_grid(grid_file, list(overrides), plugins)
+    if device:
+        check_device(device, "--device")
+    console = Console()
+    outcome = run_bench(grid, plugins, tracking_uri=tracking_uri, data_dir=data_dir, device=device,
+                        resume=resume, console=console)
+    if outcome.board is not None and len(outcome.board):
+        _print_board(console, outcome.board, f"Leaderboard: {outcome.experiment}")
+    console.print(f"{outcome.passed} passed, {outcome.failed} failed, {outcome.skipped} skipped (already finished). "
+                  f"Tables: harness report --experiment {outcome.experiment}"
+                  + ("" if tracking_uri is None else f" --tracking-uri {tracking_uri}")
+                  + f"; UI: mlflow ui --backend-store-uri {outcome.tracking_uri}", highlight=False)
+    sys.exit(0 if outcome.ok else 1)
+
+
+@cli.command()
+@click.argument("grid_file", type=click.Path(path_type=Path))
+@set_option
+def validate(grid_file, overrides) -> None:
+    """Check GRID_FILE (and overrides) without running anything."""
+    from .grid import load_grid
+
+    grid = load_grid(grid_file, list(overrides), _plugins())
+    recipes = {r.label for t in grid.trials for r in t.recipes}
+    click.echo(f"ok: grid '{grid.name}' has {len(grid.trials)} trials over seeds {grid.seeds}; "
+               f"recipes: {', '.join(sorted(recipes))}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json) -> None:
+    """List plugin distributions, their versions, what each registered, and broken ones."""
+    loaded = _plugins(warn=False)
+    infos = [{"plugin": i.name, "distribution": i.distribution, "version": i.version, "module": i.module,
+              "registered": i.registered} for i in loaded.infos.values()]
+    problems = [{"plugin": p.plugin, "distribution": p.distribution, "reason": p.reason} for p in loaded.problems]
+    if as_json:
+        click.echo(json.dumps({"plugins": infos, "problems": problems}, indent=2))
+        return
+    for info in infos:
+        click.echo(f"{info['distribution']} {info['version']}  ({info['plugin']}: {info['module']})")
+        for kind, names in info["registered"].items():
+            click.echo(f"    {kind}: {', '.join(names)}")
+    for p in problems:
+        click.echo(f"BROKEN {p['distribution']} ({p['plugin']}): {p['reason']}")
+
+
+@cli.command(name="ls")
+@click.argument("kind", type=click.Choice(sorted(LIST_KINDS)))
+@click.argument("pattern", required=False)
+def ls_command(kind, pattern) -> None:
+    """List registered distillers, datasets, archs or executors (PATTERN filters by name)."""
+    from .specs import capabilities_of, describe
+
+    registry = getattr(_plugins(), LIST_KINDS[kind])
+    names = registry.names(pattern)
+    if not names:
+        click.echo(f"no {kind} match '{pattern}'" if pattern else f"no {kind} registered", err=True)
+        sys.exit(1)
+    width = max(len(n) for n in names)
+    for name in names:
+        item = registry.get(name)
+        extra = ""
+        if kind == "datasets":
+            extra = f" [{item.modality}, {item.num_classes} classes, {'x'.join(map(str, item.input_shape))}]"
+        elif kind in ("archs", "architectures"):
+            extra = f" [{'/'.join(item.modalities)}]"
+        elif kind == "distillers":
+            caps = [k for k, v in vars(capabilities_of(item)).items() if v]
+            extra = f" [{', '.join(caps)}]" if caps else ""
+        click.echo(f"{name:<{width}}  {describe(item)}{extra}  ({registry.source(name)})")
+
+
+@cli.command()
+@click.option("--experiment", "experiments", multiple=True,
+              help="MLflow experiment (= grid name); repeatable. Default: every experiment with trials.")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow store [default: sqlite:///results/mlflow.db].")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Where <experiment>.md and .csv are written.")
+def report(experiments, tracking_uri, out_dir) -> None:
+    """Leaderboards (mean ± std over seeds) printed and written to OUT/<experiment>.md and .csv."""
+    from rich.console import Console
+
+    from .report import leaderboard, runs_frame, write_report
+    from .tracking import Tracker
+
+    tracker = Tracker(tracking_uri)
+    names = list(experiments) or [e.name for e in tracker.client.search_experiments()
+                                  if e.name != "Default"]
+    if not names:
+        raise HarnessError(f"no experiments in {tracker.uri}; run `harness bench` first")
+    console = Console()
+    for name in names:
+        frame = runs_frame(tracker, name)
+        if not len(frame):
+            click.echo(f"experiment '{name}' has no trial runs yet", err=True)
+            continue
+        board = leaderboard(frame)
+        command = f"harness report --experiment {name}" + (f" --tracking-uri {tracking_uri}" if tracking_uri else "")
+        md, csv = write_report(board, out_dir, name, command)
+        _print_board(console, board, f"Leaderboard: {name}")
+        click.echo(f"wrote {md} and {csv}")
+
+
+def _print_board(console, board, title: str) -> None:
+    from rich.table import Table
+
+    from .report import format_pm
+
+    table = Table(title=title, show_lines=False)
+    for col in ("dataset", "arch", "budget", "recipe", "distiller", "acc %", "random %", "gain", "seeds"):
+        table.add_column(col, justify="right" if col in ("acc %", "random %", "gain", "seeds") else "left")
+    for _, r in board.iterrows():
+        data = r["dataset"] if r["base_dataset"] in (r["dataset"], "") else f"{r['base_dataset']}→{r['dataset']}"
+        table.add_row(data, r["arch"], r["budget"], r["recipe"], r["distiller"],
+                      format_pm(r["acc_mean"], r["acc_std"]) if r["seeds"] else "FAILED",
+                      "n/a" if r["random_mean"] != r["random_mean"] else f"{r['random_mean']:.2f}",
+                      format_pm(r["gain_mean"], r["gain_std"]),
+                      f"{int(r['seeds'])}" + (f" ({int(r['failed'])} failed)" if r["failed"] else ""))
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        _plugins(warn=False).add_commands(cli)
+        cli.main(standalone_mode=False)
+    except HarnessError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished trials are saved; rerun the same command to resume", err=True)
+        sys.exit(130)

@@ -1,0 +1,125 @@
+"""The evaluation protocol: one implementation for every method, so the comparison is fair.
+
+K fresh models of the evaluation architecture are trained on the distilled set with soft-label
+cross-entropy and tested on the real test set. Defaults follow the DC protocol (SGD, momentum 0.9,
+lr 0.01, weight decay 5e-4, 300 epochs, lr x0.1 at half, K = 5); ``std`` is the population std
+over models, as in the DC code. Model k of a trial gets the same init seed whichever set it is
+trained on, so the distilled set and its random-subset baseline are compared pairwise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .specs import DistilledSet
+from .trial import Recipe, derive_seed
+
+TEST_BATCH = 2048
+
+
+@dataclass
+class EvalResult:
+    recipe: Recipe
+    accs: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def mean(self) -> float:
+        return sum(self.accs) / len(self.accs)
+
+    @property
+    def std(self) -> float:
+        m = self.mean
+        return math.sqrt(sum((a - m) ** 2 for a in self.accs) / len(self.accs))
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a distribution per example (one-hot rows give the usual CE)."""
+    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = TEST_BATCH) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch):
+        correct += (model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item()
+    return correct / len(x)
+
+
+def train_model(model: nn.Module, dset: DistilledSet, recipe: Recipe, generator: torch.Generator,
+                device: torch.device) -> nn.Module:
+    """Train ``model`` in place on a distilled set under ``recipe``."""
+    x, y = dset.x.to(device), dset.y.to(device)
+    model.train()
+    if recipe.optimizer == "distilled":
+        return _replay_learned_steps(model, x, y, dset.lrs.to(device))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    decay_at = recipe.epochs // 2
+    n = len(x)
+    for epoch in range(recipe.epochs):
+        if epoch == decay_at and epoch > 0:
+            for group in opt.param_groups:
+                group["lr"] *= 0.1
+        order = torch.randperm(n, generator=generator).to(device)
+        for i in range(0, n, recipe.batch_size):
+            idx = order[i : i + recipe.batch_size]
+            loss = soft_cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model
+
+
+def _replay_learned_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: torch.Tensor) -> nn.Module:
+    """The SLDD/DD test procedure: one full-batch GD step per learned step size, no momentum."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for lr in lrs.flatten().tolist():
+        loss = soft_cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(lr * g)
+    return model
+
+
+def evaluate(dset: DistilledSet, recipe: Recipe, build_model: Callable[[], nn.Module],
+             test: tuple[torch.Tensor, torch.Tensor], seed: int, device: torch.device,
+             init_state: dict[str, torch.Tensor] | None = None,
+             on_model: Callable[[int, float], None] | None = None) -> EvalResult:
+    """Train ``recipe.models`` fresh models on ``dset``; return their test accuracies."""
+    if recipe.optimizer == "distilled" and dset.lrs is None:
+        raise ValueError("recipe 'distilled' needs learned step sizes, but the set has none")
+    if recipe.init == "known" and init_state is None:
+        raise ValueError("recipe init 'known' needs the set's init_state, but it has none")
+    result = EvalResult(recipe)
+    start = time.perf_counter()
+    for k in range(recipe.models):
+        model_seed = derive_seed(seed, "eval-model", recipe.arch, k)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(model_seed)
+            model = build_model()
+        if recipe.init == "known":
+            model.load_state_dict(init_state)
+        model = model.to(device)
+        generator = torch.Generator().manual_seed(derive_seed(seed, "eval-batches", recipe.label, k))
+        train_model(model, dset, recipe, generator, device)
+        acc = accuracy(model, *test)
+        result.accs.append(acc)
+        if on_model:
+            on_model(k, acc)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    result.seconds = time.perf_counter() - start
+    return result

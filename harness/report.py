@@ -1,0 +1,119 @@
+"""Leaderboards from MLflow: mean ± std over seeds per distiller × dataset × arch × budget × recipe.
+
+Accuracies are in percent; ``std`` is the population std over seeds (as over models in the DC
+protocol). ``gain`` is the accuracy minus that of a random real subset at the same budget and recipe.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import HarnessError
+
+GROUP = ["dataset", "base_dataset", "arch", "budget", "recipe", "distiller"]
+PER_RECIPE = re.compile(r"^acc_mean/(.+)$")
+
+
+def runs_frame(tracker: Any, experiment: str) -> Any:
+    """One row per trial key: its newest FINISHED run, else its newest run."""
+    import pandas as pd
+
+    exp_id = tracker.experiment_id(experiment, create=False)
+    if exp_id is None:
+        raise HarnessError(f"no MLflow experiment named '{experiment}' in {tracker.uri}; "
+                           f"run `harness bench` first or pass --experiment/--tracking-uri")
+    chosen: dict[str, Any] = {}
+    for run in tracker.trial_runs(exp_id):  # newest first
+        key = run.data.tags.get("trial_key")
+        if key not in chosen or (run.info.status == "FINISHED" and chosen[key].info.status != "FINISHED"):
+            chosen[key] = run
+    rows = []
+    for run in chosen.values():
+        p = run.data.params
+        row = {k: p.get(k, "") for k in ("distiller", "dataset", "base_dataset", "arch", "budget")}
+        row["recipes"] = p.get("eval.recipes", "")
+        row.update(seed=int(p.get("seed", 0)), status=run.info.status, error=run.data.tags.get("error", ""),
+                   trial_key=run.data.tags.get("trial_key"), run_id=run.info.run_id)
+        row.update(run.data.metrics)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def leaderboard(frame: Any) -> Any:
+    """Long format per recipe, then aggregated over seeds."""
+    import pandas as pd
+
+    records = []
+    for _, row in frame.iterrows():
+        labels = [m.group(1) for c in frame.columns if (m := PER_RECIPE.match(c)) and pd.notna(row[c])]
+        base = {k: row[k] for k in ("distiller", "dataset", "base_dataset", "arch", "budget", "seed")}
+        if row["status"] != "FINISHED" or not labels:  # counted as failed under each planned recipe
+            for label in (row.get("recipes") or "-").split(","):
+                records.append({**base, "recipe": label, "failed": 1})
+            continue
+        for label in labels:
+            records.append({**base, "recipe": label, "failed": 0,
+                            "acc": 100 * row[f"acc_mean/{label}"],
+                            "acc_random": 100 * row.get(f"acc_random/{label}", float("nan")),
+                            "gain": 100 * row.get(f"gain/{label}", float("nan")),
+                            "distill_s": row.get("distill_seconds"), "eval_s": row.get("eval_seconds")})
+    if not records:
+        return pd.DataFrame(columns=GROUP)
+    long = pd.DataFrame(records)
+    for col in ("acc", "acc_random", "gain", "distill_s", "eval_s"):
+        if col not in long:
+            long[col] = float("nan")
+    board = (long.groupby(GROUP, dropna=False)
+             .agg(seeds=("acc", "count"), failed=("failed", "sum"),
+                  acc_mean=("acc", "mean"), acc_std=("acc", lambda s: s.std(ddof=0)),
+                  random_mean=("acc_random", "mean"), gain_mean=("gain", "mean"),
+                  gain_std=("gain", lambda s: s.std(ddof=0)),
+                  distill_s=("distill_s", "mean"), eval_s=("eval_s", "mean"))
+             .reset_index())
+    board["_budget"] = board["budget"].map(_budget_order)
+    board = board.sort_values(["dataset", "base_dataset", "_budget", "recipe", "acc_mean"],
+                              ascending=[True, True, True, True, False]).drop(columns="_budget")
+    return board.reset_index(drop=True)
+
+
+def _budget_order(budget: str) -> tuple:
+    kind, _, value = str(budget).partition("=")
+    return ({"ipc": 0, "n": 1}.get(kind, 2), int(value) if value.isdigit() else 0)
+
+
+def format_pm(mean: float, std: float) -> str:
+    if mean != mean:  # NaN
+        return "n/a"
+    return f"{mean:.2f} ± {std:.2f}" if std == std else f"{mean:.2f}"
+
+
+def to_markdown(board: Any, title: str, command: str) -> str:
+    lines = [f"# {title}", "", f"Regenerate: `{command}`", "",
+             "Accuracy in % (mean ± std over seeds); `gain` = accuracy − random real subset at the same "
+             "budget and recipe. Recipe = eval arch / optimizer (/known-init).", ""]
+    header = ["dataset", "arch", "budget", "recipe", "distiller", "acc", "random", "gain", "seeds", "distill s", "eval s"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in board.iterrows():
+        data = r["dataset"] if r["base_dataset"] in (r["dataset"], "") else f"{r['base_dataset']}→{r['dataset']}"
+        acc = format_pm(r["acc_mean"], r["acc_std"]) if r["seeds"] else "FAILED"
+        seeds = f"{int(r['seeds'])}" + (f" ({int(r['failed'])} failed)" if r["failed"] else "")
+        cells = [data, r["arch"], r["budget"], r["recipe"], r["distiller"], acc,
+                 "n/a" if r["random_mean"] != r["random_mean"] else f"{r['random_mean']:.2f}",
+                 format_pm(r["gain_mean"], r["gain_std"]), seeds, _secs(r["distill_s"]), _secs(r["eval_s"])]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _secs(v: Any) -> str:
+    return "" if v is None or v != v else f"{v:.1f}"
+
+
+def write_report(board: Any, out_dir: str | Path, experiment: str, command: str) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md, csv = out / f"{experiment}.md", out / f"{experiment}.csv"
+    md.write_text(to_markdown(board, f"Leaderboard: {experiment}", command), encoding="utf-8")
+    board.to_csv(csv, index=False, float_format="%.4f")
+    return md, csv

@@ -1,0 +1,200 @@
+"""Running trials: distill -> check -> evaluate (+ random baseline) -> a TrialResult.
+
+``run_trial`` never raises for a failing trial: the error is recorded and the grid goes on.
+Results carry everything the driver needs to log, so executors may run trials anywhere while
+the driver stays the only MLflow writer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import TrialError
+from .trial import Recipe, Trial, derive_seed
+
+PASSED, FAILED = "passed", "failed"
+MAX_SAVED_EXAMPLES = 10_000  # larger sets (e.g. `full`) are reproducible from the data: not copied
+
+
+@dataclass
+class TrialResult:
+    trial: Trial
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    per_model: dict[str, list[float]] = field(default_factory=dict)
+    curves: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+    traceback: str = ""
+    artifacts_dir: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASSED
+
+
+class TrialContext:
+    """What running a trial needs: plugins, device, data, and the random-baseline cache."""
+
+    def __init__(self, plugins: Any, data: Any, device: Any, progress: Any = None):
+        self.plugins, self.data, self.device = plugins, data, device
+        self.progress = progress
+        self.baselines: dict[tuple, Any] = {}
+
+    def builder(self, arch: str, dataset: str) -> Callable[[], Any]:
+        spec = self.plugins.datasets.get(dataset)
+        build = self.plugins.architectures.get(arch).build
+        return lambda: build(spec.input_shape, spec.num_classes)
+
+
+def run_trial(trial: Trial, ctx: TrialContext) -> TrialResult:
+    """Distil and evaluate one trial; failures become a FAILED result, never an exception."""
+    import torch
+
+    from .data import device_name
+
+    result = TrialResult(trial, PASSED)
+    result.tags = {"device": device_name(ctx.device), "torch_version": torch.__version__}
+    progress = ctx.progress
+    if progress:
+        progress.trial_started(trial)
+    try:
+        dset, measure = _distill(trial, ctx, result)
+        result.metrics["distill_seconds"] = measure.seconds
+        result.metrics["n_distilled"] = float(dset.n)
+        _evaluate_all(trial, ctx, dset, result)
+        result.metrics["peak_mem_mb"] = max(measure.peak_mb, result.metrics.pop("_eval_peak_mb", 0.0))
+        bad = [k for k, v in result.metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise TrialError(f"non-finite metrics: {', '.join(bad)}")
+        result.artifacts_dir = _write_artifacts(trial, ctx, dset)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # the grid goes on; the error is recorded on the trial's run
+        result.status = FAILED
+        first = (str(exc).strip().splitlines() or [""])[0]
+        result.error = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        result.traceback = traceback.format_exc()
+    if progress:
+        progress.trial_done(trial, result)
+    return result
+
+
+def _distill(trial: Trial, ctx: TrialContext, result: TrialResult):
+    import torch
+
+    from .measure import Measure
+    from .specs import DistillTask
+
+    cls = ctx.plugins.distillers.get(trial.distiller)
+    spec = ctx.plugins.datasets.get(trial.dataset)
+    config = cls.Config(**dict(trial.config))
+    x, y = ctx.data.get(trial.dataset, "train")
+    base = ctx.data.get(trial.base_dataset, "train") if trial.base_dataset != trial.dataset else None
+    build = ctx.builder(trial.arch, trial.dataset)
+    counter = iter(range(1 << 30))
+
+    def make_model() -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(trial.seed, "distill-model", next(counter)))
+            return build().to(ctx.device)
+
+    def log(step: int, **metrics: float) -> None:
+        result.curves.append((int(step), {k: float(v) for k, v in metrics.items()}))
+        if ctx.progress:
+            ctx.progress.step(step, metrics)
+
+    task = DistillTask(
+        x=x, y=y, num_classes=spec.num_classes, ipc=trial.ipc,
+        n=trial.n if trial.n is not None else len(x), make_model=make_model, config=config,
+        device=ctx.device, generator=torch.Generator().manual_seed(derive_seed(trial.seed, "distill")),
+        base=base, dataset=trial.dataset, seed=trial.seed, _log=log,
+        _total=(ctx.progress.expect_steps if ctx.progress else (lambda total: None)),
+    )
+    torch.manual_seed(derive_seed(trial.seed, "global"))  # for distillers that use the global RNG
+    with Measure(ctx.device) as measure:
+        dset = cls().distill(task)
+    if not hasattr(dset, "check"):
+        raise TrialError(f"distiller '{trial.distiller}' returned {type(dset).__name__}, not a DistilledSet")
+    dset = dset.detached()
+    dset.check(spec.input_shape, spec.num_classes)
+    return dset, measure
+
+
+def _evaluate_all(trial: Trial, ctx: TrialContext, dset: Any, result: TrialResult) -> None:
+    from .evaluate import evaluate
+    from .measure import Measure
+
+    test = ctx.data.get(trial.dataset, "test")
+    eval_seconds = 0.0
+    if ctx.progress:
+        ctx.progress.evaluating(trial, sum(r.models for r in trial.recipes))
+    on_model = (lambda k, acc: ctx.progress.model_done(acc)) if ctx.progress else None
+    with Measure(ctx.device) as measure:
+        for i, recipe in enumerate(trial.recipes):
+            build = ctx.builder(recipe.arch, trial.dataset)
+            ev = evaluate(dset, recipe, build, test, trial.seed, ctx.device, dset.init_state, on_model)
+            eval_seconds += ev.seconds
+            rand = _random_baseline(trial, recipe, ctx, dset, ev)
+            label = recipe.label
+            result.per_model[label] = ev.accs
+            values = {"acc_mean": ev.mean, "acc_std": ev.std}
+            if rand is not None:
+                values.update(acc_random=rand.mean, gain=ev.mean - rand.mean)
+            for k, v in values.items():
+                result.metrics[f"{k}/{label}"] = v
+                if i == 0:
+                    result.metrics[k] = v
+    result.metrics["eval_seconds"] = eval_seconds
+    result.metrics["_eval_peak_mb"] = measure.peak_mb
+
+
+def _random_baseline(trial: Trial, recipe: Recipe, ctx: TrialContext, dset: Any, ev: Any):
+    """Random real subset at the same budget and recipe; cached across distillers.
+
+    None when the recipe cannot apply to a real subset ("distilled" step sizes belong to a set).
+    Known-init recipes start from the trial's own init, so they are not shared across trials.
+    A budget-free trial (the full set) is its own random subset: acc_random = acc_mean, gain 0.
+    """
+    import torch
+
+    from .baseline import random_subset
+    from .evaluate import evaluate
+
+    if recipe.optimizer == "distilled":
+        return None
+    if trial.n is None:
+        return ev
+    spec = ctx.plugins.datasets.get(trial.dataset)
+    x, y = ctx.data.get(trial.dataset, "train")
+    n, ipc = trial.n, trial.ipc
+    key = (trial.dataset, ipc, n, trial.seed, recipe)
+    if recipe.init == "random" and key in ctx.baselines:
+        return ctx.baselines[key]
+    gen = torch.Generator().manual_seed(derive_seed(trial.seed, "random-subset", trial.dataset))
+    subset = random_subset(x, y, spec.num_classes, ipc, n, gen)
+    ev = evaluate(subset, recipe, ctx.builder(recipe.arch, trial.dataset), ctx.data.get(trial.dataset, "test"),
+                  trial.seed, ctx.device, dset.init_state)
+    if recipe.init == "random":
+        ctx.baselines[key] = ev
+    return ev
+
+
+def _write_artifacts(trial: Trial, ctx: TrialContext, dset: Any) -> str:
+    from .artifacts import write_figures
+
+    out = Path(tempfile.mkdtemp(prefix="harness-trial-"))
+    spec = ctx.plugins.datasets.get(trial.dataset)
+    (out / "trial.json").write_text(json.dumps(
+        {"trial": trial.label, "key": trial.key, "params": trial.params(),
+         "recipes": [r.params("") for r in trial.recipes]}, indent=2, default=str))
+    if dset.n <= MAX_SAVED_EXAMPLES:
+        dset.save(out / "distilled.safetensors")
+    write_figures(dset, spec, out)
+    return str(out)

@@ -1,0 +1,112 @@
+"""A trial (what to distill) and its evaluation recipes (how to judge it), with stable keys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adam", "distilled")
+INITS = ("random", "known")
+AUGMENTS = ("none",)
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How fresh models are trained on a distilled set. Defaults: the DC protocol.
+
+    ``optimizer="distilled"`` replays the set's learned step sizes (one full-batch GD step each);
+    then ``epochs``/``lr``/``momentum``/``weight_decay`` do not apply.
+    ``init="known"`` starts from the init the set was distilled for (SLDD's "fixed init").
+    """
+
+    arch: str
+    optimizer: str = "sgd"
+    epochs: int = 300
+    lr: float = 0.01
+    batch_size: int = 256
+    models: int = 5
+    init: str = "random"
+    augment: str = "none"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    @property
+    def label(self) -> str:
+        """``arch/optimizer`` (+ ``/known-init``): the suffix of per-recipe metric names."""
+        return f"{self.arch}/{self.optimizer}" + ("/known-init" if self.init == "known" else "")
+
+    def params(self, prefix: str = "eval.") -> dict[str, Any]:
+        return {f"{prefix}{k}": v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One distillation run: (distiller, dataset, base, arch, budget, seed, config) + recipes."""
+
+    distiller: str
+    dataset: str
+    base_dataset: str
+    arch: str
+    ipc: int | None
+    n: int | None  # total synthetic examples; None when the distiller ignores the budget
+    seed: int
+    config: tuple[tuple[str, Any], ...]
+    recipes: tuple[Recipe, ...]
+    versions: tuple[tuple[str, str], ...] = ()  # (distribution, version) of the plugins involved
+
+    @property
+    def budget(self) -> str:
+        if self.ipc is not None:
+            return f"ipc={self.ipc}"
+        return "all" if self.n is None else f"n={self.n}"
+
+    @property
+    def label(self) -> str:
+        """``distiller/dataset/arch/budget/seed``: the MLflow child run name."""
+        data = self.dataset if self.base_dataset == self.dataset else f"{self.base_dataset}->{self.dataset}"
+        budget = self.budget.replace("=", "")
+        return f"{self.distiller}/{data}/{self.arch}/{budget}/seed{self.seed}"
+
+    @property
+    def key(self) -> str:
+        """Stable hash of everything that defines the result (plugin versions included)."""
+        payload = {
+            "distiller": self.distiller,
+            "dataset": self.dataset,
+            "base_dataset": self.base_dataset,
+            "arch": self.arch,
+            "ipc": self.ipc,
+            "n": self.n,
+            "seed": self.seed,
+            "config": [list(kv) for kv in self.config],
+            "recipes": [asdict(r) for r in self.recipes],
+            "versions": [list(v) for v in self.versions],
+        }
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def params(self) -> dict[str, Any]:
+        """MLflow params: identical keys across trials of one grid (compare view)."""
+        out: dict[str, Any] = {
+            "distiller": self.distiller,
+            "dataset": self.dataset,
+            "base_dataset": self.base_dataset,
+            "arch": self.arch,
+            "ipc": "" if self.ipc is None else self.ipc,
+            "n": "all" if self.n is None else self.n,
+            "seed": self.seed,
+            "budget": self.budget,
+        }
+        out.update({f"cfg.{k}": v for k, v in self.config})
+        out.update(self.recipes[0].params())
+        out["eval.recipes"] = ",".join(r.label for r in self.recipes)
+        return out
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 31-bit seed from any parts (trial seed, purpose, index...)."""
+    blob = json.dumps(parts, default=str).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little") & 0x7FFFFFFF

@@ -1,0 +1,1 @@
+"""Distillation methods and baselines for distill-harness (registered through entry points)."""

@@ -1,0 +1,1 @@
+"""Image datasets and architectures for distill-harness (registered through entry points)."""
