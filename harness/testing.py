@@ -1,0 +1,127 @@
+"""Conformance kit for plugin authors: a tiny dataset, a tiny architecture, and ``check_distiller``.
+
+Use it in your plugin's tests::
+
+    from harness.testing import check_distiller
+    def test_my_distiller():
+        check_distiller(MyDistiller)
+
+Everything here runs on CPU in well under a second per call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from .specs import ArchitectureSpec, DatasetSpec, DistilledSet, DistillTask, capabilities_of, check_distiller as _static_check
+
+TINY_SHAPE = (1, 4, 4)
+TINY_CLASSES = 3
+
+
+def _tiny_load(split: str, data_dir: Any, per_class: int | None = None):
+    """Three well-separated Gaussian blobs on a 1x4x4 "image" (fixed seed per split)."""
+    import torch
+
+    per_class = per_class or (30 if split == "train" else 20)
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    centers = torch.randn(TINY_CLASSES, *TINY_SHAPE, generator=torch.Generator().manual_seed(42)) * 2
+    y = torch.arange(TINY_CLASSES).repeat_interleave(per_class)
+    x = centers[y] + 0.5 * torch.randn(len(y), *TINY_SHAPE, generator=g)
+    return x, y
+
+
+def tiny_dataset(name: str = "tiny") -> DatasetSpec:
+    """A 3-class, 1x4x4 synthetic dataset: 90 train / 60 test examples."""
+    return DatasetSpec(name, TINY_CLASSES, TINY_SHAPE, modality="image", load=_tiny_load,
+                       description="3 Gaussian blobs on a 1x4x4 grid (tests only)")
+
+
+def _build_tiny(input_shape, num_classes):
+    from torch import nn
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+def tiny_arch(name: str = "tiny-mlp") -> ArchitectureSpec:
+    """A 2-layer MLP with 16 hidden units, for any modality."""
+    return ArchitectureSpec(name, ("image", "text"), _build_tiny, "16-unit MLP (tests only)")
+
+
+def make_task(distiller: type, ipc: int | None = 2, n: int | None = None, seed: int = 0,
+              base: bool = False, **config: Any) -> DistillTask:
+    """A :class:`DistillTask` on the tiny dataset (CPU), with ``config`` overriding Config fields."""
+    import torch
+
+    from .trial import derive_seed
+
+    x, y = _tiny_load("train", None)
+    if n is None:
+        n = ipc * TINY_CLASSES
+    else:
+        ipc = None
+    counter = iter(range(1 << 30))
+
+    def make_model():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "distill-model", next(counter)))
+            return _build_tiny(TINY_SHAPE, TINY_CLASSES)
+
+    torch.manual_seed(derive_seed(seed, "global"))
+    return DistillTask(
+        x=x, y=y, num_classes=TINY_CLASSES, ipc=ipc, n=n,
+        make_model=make_model, config=distiller.Config(**config), device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(derive_seed(seed, "distill")),
+        base=_tiny_load("train", None, per_class=10) if base else None, dataset="tiny", seed=seed,
+    )
+
+
+def check_distiller(distiller: type, ipc: int = 2, **config: Any) -> DistilledSet:
+    """Run ``distiller`` on the tiny task and assert it honours the contract.
+
+    Checks: the class shape (name, Config with defaults, capabilities), a well-formed and finite
+    DistilledSet of the right size (unless the distiller ignores the budget), labels as
+    distributions when labels are not learned, CPU determinism for a seed, a safetensors round
+    trip, and that the protocol can train a model on the result. Returns the distilled set.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from .evaluate import evaluate
+    from .trial import Recipe
+
+    _static_check(distiller)
+    caps = capabilities_of(distiller)
+    assert dataclasses.is_dataclass(distiller.Config())
+    logged: list[tuple[int, dict]] = []
+    task = make_task(distiller, ipc=ipc, **config)
+    task._log = lambda step, **m: logged.append((step, m))
+    out = distiller().distill(task)
+    assert isinstance(out, DistilledSet), f"distill() returned {type(out).__name__}, not a DistilledSet"
+    out = out.detached()
+    out.check(TINY_SHAPE, TINY_CLASSES)
+    if not caps.ignores_budget:
+        assert out.n == ipc * TINY_CLASSES, f"expected {ipc * TINY_CLASSES} examples for ipc={ipc}, got {out.n}"
+    if not caps.learns_labels:
+        assert torch.allclose(out.y.sum(1), torch.ones(out.n)), "hard/soft labels must be distributions"
+    if caps.learns_lr:
+        assert out.lrs is not None, "capabilities.learns_lr is set but the set carries no lrs"
+    if caps.known_init:
+        assert out.init_state, "capabilities.known_init is set but the set carries no init_state"
+
+    again = distiller().distill(make_task(distiller, ipc=ipc, **config)).detached()
+    assert torch.equal(out.x, again.x) and torch.equal(out.y, again.y), "not deterministic on CPU for a fixed seed"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = DistilledSet.load(out.save(Path(tmp) / "set.safetensors"))
+    assert torch.equal(loaded.x, out.x) and torch.equal(loaded.y, out.y)
+
+    test = _tiny_load("test", None)
+    result = evaluate(out, Recipe(arch="tiny-mlp", epochs=5, models=1), lambda: _build_tiny(TINY_SHAPE, TINY_CLASSES),
+                      test, seed=0, device=torch.device("cpu"))
+    assert 0.0 <= result.mean <= 1.0
+    return out

@@ -1,0 +1,96 @@
+"""A plugin used by the tests: the tiny dataset/arch of harness.testing and deliberately faulty distillers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import harness
+from harness import Capabilities, DistilledSet, hookimpl
+from harness.testing import tiny_arch, tiny_dataset
+
+
+class Crashes:
+    """Raises inside distill (to test that a failing trial does not stop the grid)."""
+
+    name = "crashes"
+
+    @dataclass
+    class Config:
+        pass
+
+    def distill(self, task):
+        raise RuntimeError("deliberate failure for tests")
+
+
+class ProducesNaN:
+    """Returns a set containing NaN (must be recorded FAILED)."""
+
+    name = "nan"
+
+    @dataclass
+    class Config:
+        pass
+
+    def distill(self, task):
+        import torch
+
+        x = torch.full((task.n, *task.input_shape), float("nan"))
+        y = torch.full((task.n, task.num_classes), 1.0 / task.num_classes)
+        return DistilledSet(x, y)
+
+
+class ClassMeans:
+    """Class means with a configurable label smoothing; learns step sizes (tests the 'distilled' recipe)."""
+
+    name = "means"
+    capabilities = Capabilities(learns_inputs=True, learns_lr=True, known_init=True)
+
+    @dataclass
+    class Config:
+        smoothing: float = 0.0  # label smoothing of the one-hot labels
+        steps: int = 3  # number of learned step sizes
+        lr: float = 0.1  # their value
+
+        def __post_init__(self):
+            if not 0.0 <= self.smoothing < 1.0:
+                raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
+
+    def distill(self, task):
+        import torch
+
+        cfg = task.config
+        xs, ys = [], []
+        for c in range(task.num_classes):
+            xs.append(task.x[task.y == c].mean(0, keepdim=True).repeat(task.ipc or 1, *[1] * (task.x.dim() - 1)))
+            ys += [c] * (task.ipc or 1)
+        y = torch.nn.functional.one_hot(torch.tensor(ys), task.num_classes).float()
+        y = y * (1 - cfg.smoothing) + cfg.smoothing / task.num_classes
+        for step in range(cfg.steps):
+            task.log(step, loss=1.0 / (step + 1))
+        init = task.make_model().state_dict()
+        return DistilledSet(torch.cat(xs), y, lrs=torch.full((cfg.steps,), cfg.lr), init_state=init)
+
+
+@hookimpl
+def register_datasets(register):
+    register(tiny_dataset())
+    register(harness.DatasetSpec("tiny-text", 3, (4, 4), modality="text",
+                                 load=_tiny_text, description="tiny, labelled as text"))
+
+
+def _tiny_text(split, data_dir):
+    x, y = tiny_dataset().load(split, data_dir)
+    return x.reshape(len(x), 4, 4), y
+
+
+@hookimpl
+def register_architectures(register):
+    register(tiny_arch())
+    register(harness.ArchitectureSpec("image-only", ("image",), tiny_arch().build, "tiny, images only"))
+
+
+@hookimpl
+def register_distillers(register):
+    register(Crashes)
+    register(ProducesNaN)
+    register(ClassMeans)
