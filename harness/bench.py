@@ -63,6 +63,7 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
         tags={"harness_version": __version__, "torch_version": torch.__version__, "device": device_name(dev),
               "command": " ".join(sys.argv)},
     )
+    cfg_fields = sorted({k for t in grid.trials for k, _ in t.config})
     passed = failed = 0
     status = "FAILED"
     try:
@@ -70,7 +71,7 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
         with BenchProgress(console, len(todo), skipped) as progress:
             ctx = TrialContext(plugins, data, dev, progress)
             for result in executor.run(todo, lambda t: run_trial(t, ctx)):
-                tracker.log_trial(exp_id, parent, result)
+                tracker.log_trial(exp_id, parent, result, cfg_fields)
                 passed += result.passed
                 failed += not result.passed
         status = "FINISHED" if failed == 0 else "FAILED"

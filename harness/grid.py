@@ -311,7 +311,7 @@ def _make_trial(plugins, tw, d, ds, b, a, budget_key, budget, seed, configs, eva
             if opt == "distilled" and not caps.learns_lr:
                 continue  # not applicable to this distiller: reported as n/a, never faked
             recipes.append(Recipe(arch=eval_arch, optimizer=opt, lr=lr or DEFAULT_LR.get(opt, 0.0), **common))
-    versions = sorted({_dist_version(plugins.distillers.source(d)), _dist_version(plugins.datasets.source(ds)),
+    versions = sorted({_dist_version("distill-harness"), _dist_version(plugins.distillers.source(d)), _dist_version(plugins.datasets.source(ds)),
                        _dist_version(plugins.datasets.source(base)), _dist_version(plugins.architectures.source(a)),
                        *(_dist_version(plugins.architectures.source(r.arch)) for r in recipes)})
     return Trial(d, ds, base, a, ipc, n, seed, config_items(config), tuple(recipes), tuple(versions))

@@ -95,7 +95,9 @@ class Tracker:
         self._log(run.info.run_id, params=params)
         return run.info.run_id
 
-    def log_trial(self, experiment_id: str, parent_id: str, result: Any) -> str:
+    def log_trial(self, experiment_id: str, parent_id: str, result: Any, cfg_fields: Iterable[str] = ()) -> str:
+        """Log one trial as a child run. ``cfg_fields``: every Config field in the grid; fields
+        this distiller lacks are logged as "-" so all children share the same param keys."""
         from mlflow.entities import Metric
 
         trial = result.trial
@@ -110,7 +112,9 @@ class Tracker:
             metrics += [Metric(f"acc_model/{label}", float(a), now, k) for k, a in enumerate(accs)]
         for step, values in result.curves:
             metrics += [Metric(f"distill/{k}", v, now, step) for k, v in values.items()]
-        self._log(run_id, params=trial.params(), metrics=metrics)
+        params = {f"cfg.{k}": "-" for k in cfg_fields}
+        params.update(trial.params())
+        self._log(run_id, params=params, metrics=metrics)
         if result.artifacts_dir:
             self.client.log_artifacts(run_id, result.artifacts_dir)
         if result.traceback:

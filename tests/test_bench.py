@@ -1,0 +1,279 @@
+"""End to end: grid -> distill -> evaluate -> real MLflow sqlite store -> report, in-process and via the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.bench import run_bench
+from harness.grid import build_grid
+from harness.report import leaderboard, runs_frame, write_report
+from harness.specs import DistilledSet
+from harness.tracking import Tracker
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_doc(**eval_overrides):
+    return {
+        "name": "tiny-bench",
+        "seeds": [0, 1],
+        "device": "cpu",
+        "grid": [{"distiller": ["random", "means", "crashes", "nan"], "dataset": ["tiny"],
+                  "arch": ["tiny-mlp"], "ipc": [2]}],
+        "eval": {"models": 2, "epochs": 3, "optimizers": ["sgd", "distilled"], **eval_overrides},
+        "distillers": {"means": {"smoothing": 0.1}},
+    }
+
+
+@pytest.fixture
+def bench(tiny_plugins, tracking_uri, tmp_path):
+    def run(doc=None, **kw):
+        grid = build_grid(doc or tiny_doc(), tiny_plugins, source="tiny.toml")
+        return grid, run_bench(grid, tiny_plugins, tracking_uri=tracking_uri, data_dir=tmp_path, **kw)
+
+    return run
+
+
+def children(tracking_uri, name="tiny-bench"):
+    tracker = Tracker(tracking_uri)
+    return tracker, tracker.trial_runs(tracker.experiment_id(name, create=False))
+
+
+def test_failing_trials_are_recorded_and_the_grid_goes_on(bench, tracking_uri):
+    grid, outcome = bench()
+    assert len(grid.trials) == 8
+    assert (outcome.passed, outcome.failed, outcome.skipped) == (4, 4, 0)
+    assert not outcome.ok
+    tracker, runs = children(tracking_uri)
+    by_status = {}
+    for r in runs:
+        by_status.setdefault(r.info.status, []).append(r)
+    assert len(by_status["FINISHED"]) == 4 and len(by_status["FAILED"]) == 4
+    errors = {r.data.params["distiller"]: r.data.tags["error"] for r in by_status["FAILED"]}
+    assert errors["crashes"] == "RuntimeError: deliberate failure for tests"
+    assert "NaN" in errors["nan"]
+    failed = by_status["FAILED"][0]
+    assert "error.txt" in [a.path for a in tracker.client.list_artifacts(failed.info.run_id)]
+
+
+def test_runs_are_nested_named_and_comparable(bench, tracking_uri):
+    grid, outcome = bench()
+    tracker, runs = children(tracking_uri)
+    parent = tracker.client.get_run(outcome.parent_run_id)
+    assert parent.data.tags["run_kind"] == "bench"
+    assert parent.info.status == "FAILED"  # some trials failed
+    assert parent.data.metrics["trials_passed"] == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {outcome.parent_run_id}
+    assert {r.info.run_name for r in runs} == {t.label for t in grid.trials}
+    assert "random/tiny/tiny-mlp/ipc2/seed0" in {r.info.run_name for r in runs}
+    param_keys = {frozenset(r.data.params) for r in runs}
+    assert len(param_keys) == 1  # identical param keys across children: MLflow's compare view lines up
+    keys = next(iter(param_keys))
+    assert {"distiller", "dataset", "base_dataset", "arch", "ipc", "n", "seed", "eval.optimizer", "eval.epochs"} <= keys
+    passed = [r for r in runs if r.info.status == "FINISHED"]
+    for r in passed:
+        m = r.data.metrics
+        for k in ("acc_mean", "acc_std", "acc_random", "gain", "distill_seconds", "eval_seconds", "peak_mem_mb",
+                  "acc_mean/tiny-mlp/sgd"):
+            assert k in m, k
+        assert m["peak_mem_mb"] > 0 and m["distill_seconds"] >= 0 and 0 <= m["acc_mean"] <= 1
+        assert m["gain"] == pytest.approx(m["acc_mean"] - m["acc_random"])
+        tags = r.data.tags
+        assert len(tags["trial_key"]) == 16 and tags["device"] == "cpu" and tags["torch_version"]
+        assert tags["version.distill-harness"] == "0.1.0" and "version.tests-plugins" in tags
+        if r.data.params["distiller"] == "random":
+            assert tags["version.harness-distillers"] == "0.1.0"
+            assert r.data.params["cfg.smoothing"] == "-"  # another distiller's field: same keys, no value
+        else:
+            assert r.data.params["cfg.smoothing"] == "0.1"
+
+
+def test_distilled_recipe_only_where_step_sizes_are_learned(bench, tracking_uri):
+    bench()
+    _, runs = children(tracking_uri)
+    for r in runs:
+        if r.info.status != "FINISHED":
+            continue
+        has = "acc_mean/tiny-mlp/distilled" in r.data.metrics
+        assert has == (r.data.params["distiller"] == "means")
+        assert "acc_random/tiny-mlp/distilled" not in r.data.metrics  # never faked for a real subset
+
+
+def test_artifacts_hold_a_loadable_safetensors_set_and_figures(bench, tracking_uri, tmp_path):
+    bench()
+    tracker, runs = children(tracking_uri)
+    run = next(r for r in runs if r.data.params["distiller"] == "means" and r.info.status == "FINISHED")
+    names = {a.path for a in tracker.client.list_artifacts(run.info.run_id)}
+    assert {"distilled.safetensors", "labels.png", "images.png", "trial.json"} <= names
+    local = tracker.client.download_artifacts(run.info.run_id, "distilled.safetensors", str(tmp_path))
+    dset = DistilledSet.load(local)
+    assert dset.x.shape == (6, 1, 4, 4) and dset.y.shape == (6, 3) and dset.lrs is not None and dset.init_state
+    assert tracker.uri.endswith("mlflow.db")
+    assert run.info.artifact_uri.startswith(Path(tracker.uri[len("sqlite:///"):]).parent.as_uri())
+
+
+def test_parent_run_gets_the_summary_table(bench, tracking_uri, tmp_path):
+    _, outcome = bench()
+    tracker, _ = children(tracking_uri)
+    names = {a.path for a in tracker.client.list_artifacts(outcome.parent_run_id)}
+    assert {"summary.json", "summary.md"} <= names
+    table = json.loads(Path(tracker.client.download_artifacts(outcome.parent_run_id, "summary.json", str(tmp_path))).read_text())
+    assert "distiller" in table["columns"] and len(table["data"]) == len(outcome.board)
+
+
+def test_rerun_skips_finished_trials_and_retries_failed_ones(bench, tracking_uri):
+    bench()
+    grid, second = bench()
+    assert (second.skipped, second.passed, second.failed) == (4, 0, 4)
+    _, runs = children(tracking_uri)
+    assert len(runs) == 12  # 8 + the 4 failed ones retried
+    _, fresh = bench(resume=False)
+    assert fresh.skipped == 0
+
+
+def test_random_baseline_is_computed_once_per_budget_seed_and_recipe(bench, monkeypatch):
+    import harness.evaluate as ev
+
+    calls = []
+    real = ev.evaluate
+
+    def counting(dset, recipe, *a, **k):
+        calls.append((dset.meta.get("source"), recipe.label))
+        return real(dset, recipe, *a, **k)
+
+    monkeypatch.setattr(ev, "evaluate", counting)
+    doc = tiny_doc()
+    doc["grid"][0]["distiller"] = ["random", "means"]
+    bench(doc)
+    baseline = [c for c in calls if c[0] == "random real subset"]
+    # random (itself a real subset) + baseline per seed: 2 seeds x (random's own eval + 1 shared baseline)
+    assert len(baseline) == 2 * 2
+
+
+def test_report_aggregates_over_seeds_and_writes_tables(bench, tracking_uri, tmp_path):
+    bench()
+    tracker = Tracker(tracking_uri)
+    board = leaderboard(runs_frame(tracker, "tiny-bench"))
+    row = board[(board.distiller == "means") & (board.recipe == "tiny-mlp/sgd")].iloc[0]
+    assert row.seeds == 2 and row.failed == 0 and 0 <= row.acc_mean <= 100
+    failed = board[board.distiller == "crashes"].iloc[0]
+    assert failed.seeds == 0 and failed.failed == 2
+    assert "tiny-mlp/distilled" in set(board[board.distiller == "means"].recipe)
+    md, csv = write_report(board, tmp_path / "out", "tiny-bench", "harness report --experiment tiny-bench")
+    text = md.read_text()
+    assert "harness report --experiment tiny-bench" in text and "FAILED" in text and "means" in text
+    assert csv.read_text().splitlines()[0].startswith("dataset,base_dataset,arch,budget,recipe,distiller")
+
+
+def test_report_on_a_missing_experiment_is_a_clear_error(tracking_uri):
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="no MLflow experiment named 'nope'"):
+        runs_frame(Tracker(tracking_uri), "nope")
+
+
+# -- the CLI, as a user runs it --------------------------------------------------------------------
+def harness_cli(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_bench_then_report_on_the_quick_grid(tracking_uri, tmp_path):
+    """The README's quick grid, scaled to seconds: real digits, real plugins, real sqlite store."""
+    grid = REPO / "benchmarks" / "grids" / "quick.toml"
+    args = ["--set", "eval.epochs=2", "--set", "eval.models=1", "--set", "seeds=[0]", "--set", 'grid.arch=["mlp"]',
+            "--tracking-uri", tracking_uri, "--device", "cpu"]
+    res = harness_cli("bench", str(grid), *args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert "3 passed, 0 failed" in res.stdout
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").glob("*.db"))
+    again = harness_cli("bench", str(grid), *args, cwd=tmp_path)
+    assert "0 passed, 0 failed, 3 skipped" in again.stdout
+    rep = harness_cli("report", "--experiment", "quick", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "r"),
+                      cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    md = (tmp_path / "r" / "quick.md").read_text()
+    assert "| digits | mlp | ipc=1 | mlp/sgd | random |" in md and "| full |" in md
+
+
+def test_cli_default_store_is_sqlite_under_results(tmp_path, mlflow_template):
+    """Without --tracking-uri the store is sqlite:///results/mlflow.db (relative to the cwd)."""
+    (tmp_path / "results").mkdir()
+    import shutil
+
+    shutil.copy(mlflow_template, tmp_path / "results" / "mlflow.db")
+    grid = tmp_path / "g.toml"
+    grid.write_text('name = "dflt"\n[[grid]]\ndistiller = ["random"]\ndataset = ["digits"]\narch = ["mlp"]\n'
+                    'ipc = [1]\n[eval]\nepochs = 1\nmodels = 1\n')
+    res = harness_cli("bench", str(grid), "--device", "cpu", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert (tmp_path / "results" / "mlartifacts" / "dflt").is_dir()
+    assert not (tmp_path / "mlruns").exists()
+    tracker = Tracker(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    assert len(tracker.trial_runs(tracker.experiment_id("dflt", create=False))) == 1
+
+
+def test_cli_exit_code_is_1_when_a_trial_fails(tmp_path, tracking_uri):
+    """A faulty third-party distiller (exposed through a real entry point) fails; the grid finishes."""
+    site = tmp_path / "site"
+    info = site / "faulty_plugins-0.0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: faulty-plugins\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text("[harness]\nfaulty = plugins_for_tests\n")
+    grid = tmp_path / "g.toml"
+    grid.write_text('name = "faulty"\n[[grid]]\ndistiller = ["crashes", "random"]\ndataset = ["tiny"]\n'
+                    'arch = ["tiny-mlp"]\nipc = [1]\n[eval]\nepochs = 1\nmodels = 1\n')
+    env = {"PYTHONPATH": os.pathsep.join([str(site), str(Path(__file__).parent)])}
+    res = harness_cli("bench", str(grid), "--tracking-uri", tracking_uri, cwd=tmp_path, env=env)
+    assert res.returncode == 1, res.stderr + res.stdout
+    assert "1 passed, 1 failed" in res.stdout
+    assert "FAILED RuntimeError: deliberate failure for tests" in res.stdout
+    assert "Traceback" not in res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_http_tracking_server_via_env(tmp_path):
+    """MLFLOW_TRACKING_URI pointing at a real `mlflow server` (bound to 127.0.0.1)."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+         str(tmp_path / "server-artifacts"), "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start within 60 s")
+        grid = tmp_path / "g.toml"
+        grid.write_text('name = "remote"\n[[grid]]\ndistiller = ["random"]\ndataset = ["digits"]\narch = ["mlp"]\n'
+                        'ipc = [1]\n[eval]\nepochs = 1\nmodels = 1\n')
+        res = harness_cli("bench", str(grid), "--device", "cpu", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+        assert res.returncode == 0, res.stderr + res.stdout
+        tracker = Tracker(uri)
+        runs = tracker.trial_runs(tracker.experiment_id("remote", create=False))
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+        names = {a.path for a in tracker.client.list_artifacts(runs[0].info.run_id)}
+        assert "distilled.safetensors" in names
+        assert not (tmp_path / "results").exists()  # nothing written to the local default store
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
