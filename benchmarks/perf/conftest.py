@@ -1,0 +1,18 @@
+import shutil
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory):
+    from harness.tracking import Tracker
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    Tracker(f"sqlite:///{path}").client.search_experiments()  # migrate once
+    return path
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, _mlflow_template):
+    shutil.copy(_mlflow_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

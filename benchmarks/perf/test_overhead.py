@@ -1,0 +1,63 @@
+"""Throughput of the evaluation protocol and the harness's own overhead per trial.
+
+Run: `make perf` (or `.venv/bin/python -m pytest benchmarks/perf`). Compare ratios within one run:
+the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.evaluate import accuracy, train_model
+from harness.specs import DistilledSet
+from harness.trial import Recipe
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from harness_vision.datasets import load_digits
+
+    return load_digits("train", None), load_digits("test", None)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "convnet"])
+def test_train_one_epoch_on_100_images(benchmark, digits, arch):
+    from harness_vision import archs
+
+    (x, y), _ = digits
+    dset = DistilledSet(x[:100], F.one_hot(y[:100], 10).float())
+    model = getattr(archs, f"build_{arch}")((1, 8, 8), 10)
+    recipe = Recipe(arch=arch, epochs=1, batch_size=256)
+    benchmark(train_model, model, dset, recipe, torch.Generator().manual_seed(0), CPU)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "convnet"])
+def test_test_accuracy_on_digits_test_split(benchmark, digits, arch):
+    from harness_vision import archs
+
+    _, (xt, yt) = digits
+    model = getattr(archs, f"build_{arch}")((1, 8, 8), 10)
+    benchmark(accuracy, model, xt, yt)
+
+
+def test_mlflow_logging_of_one_trial(benchmark, tracking_uri, tmp_path):
+    """Driver-side cost of logging one finished trial (params, metrics, curves, artifacts)."""
+    from harness.runner import TrialResult
+    from harness.tracking import Tracker
+    from harness.trial import Trial
+
+    tracker = Tracker(tracking_uri)
+    exp = tracker.experiment_id("perf")
+    parent = tracker.start_bench(exp, "bench/perf", {}, {})
+    art = tmp_path / "a"
+    art.mkdir()
+    DistilledSet(torch.randn(100, 1, 8, 8), torch.eye(10).repeat(10, 1)).save(art / "distilled.safetensors")
+    trial = Trial("random", "digits", "digits", "mlp", 10, 100, 0, (), (Recipe(arch="mlp"),))
+    result = TrialResult(trial, "passed", metrics={"acc_mean": 0.5, "acc_std": 0.1, "distill_seconds": 1.0},
+                         per_model={"mlp/sgd": [0.5] * 5}, curves=[(i, {"loss": 1.0 / (i + 1)}) for i in range(200)],
+                         artifacts_dir=str(art))
+    benchmark.pedantic(tracker.log_trial, args=(exp, parent, result), rounds=5, iterations=1)
