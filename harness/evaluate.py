@@ -60,7 +60,7 @@ def train_model(model: nn.Module, dset: DistilledSet, recipe: Recipe, generator:
     x, y = dset.x.to(device), dset.y.to(device)
     model.train()
     if recipe.optimizer == "distilled":
-        return _replay_learned_steps(model, x, y, dset.lrs.to(device))
+        return _replay_learned_steps(model, x, y, dset.lrs.to(device), int(dset.meta.get("steps", 1)))
     params = [p for p in model.parameters() if p.requires_grad]
     if recipe.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
@@ -82,11 +82,17 @@ def train_model(model: nn.Module, dset: DistilledSet, recipe: Recipe, generator:
     return model
 
 
-def _replay_learned_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: torch.Tensor) -> nn.Module:
-    """The SLDD/DD test procedure: one full-batch GD step per learned step size, no momentum."""
+def _replay_learned_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: torch.Tensor,
+                          steps: int = 1) -> nn.Module:
+    """The SLDD/DD test procedure: plain GD (no momentum), one step per learned step size.
+
+    The set is split into ``steps`` equal consecutive batches (``meta["steps"]``, default 1 = the
+    whole set); step i uses batch i mod steps, so ``len(lrs) = steps x epochs`` replays the epochs.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
-    for lr in lrs.flatten().tolist():
-        loss = soft_cross_entropy(model(x), y)
+    xs, ys = x.chunk(steps), y.chunk(steps)
+    for i, lr in enumerate(lrs.flatten().tolist()):
+        loss = soft_cross_entropy(model(xs[i % steps]), ys[i % steps])
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             for p, g in zip(params, grads):

@@ -144,3 +144,16 @@ def test_random_subset_reports_impossible_budget():
     x, y = _tiny_load("train", None)
     with pytest.raises(ValueError, match="fewer than"):
         random_subset(x, y, TINY_CLASSES, 1000, 3000, torch.Generator())
+
+
+def test_distilled_recipe_uses_one_batch_per_step(monkeypatch):
+    """meta["steps"] = 2: step i trains on batch i mod 2 of the set."""
+    x, y = _tiny_load("train", None)
+    dset = DistilledSet(x[:4], F.one_hot(y[:4], TINY_CLASSES).float(), lrs=torch.full((4,), 0.1), meta={"steps": 2})
+    seen = []
+    model = build()
+    real_forward = model.forward
+    model.forward = lambda inp: (seen.append(inp.clone()), real_forward(inp))[1]
+    train_model(model, dset, Recipe(arch="t", optimizer="distilled"), torch.Generator(), CPU)
+    assert [len(s) for s in seen] == [2, 2, 2, 2]
+    assert torch.equal(seen[0], x[:2]) and torch.equal(seen[1], x[2:4]) and torch.equal(seen[2], x[:2])
