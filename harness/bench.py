@@ -47,6 +47,7 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
             data.get(name, "train")
         data.get(trial.dataset, "test")
     check_budgets(grid.trials, plugins, data)
+    check_architectures(grid.trials, plugins)
 
     tracker = Tracker(tracking_uri)
     exp_id = tracker.experiment_id(grid.name)
@@ -93,3 +94,24 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
         tracker.end_bench(parent, board, markdown, status,
                           {"trials_passed": passed, "trials_failed": failed, "trials_skipped": skipped})
     return BenchOutcome(grid.name, passed, failed, skipped, board, parent, tracker.uri)
+
+
+def check_architectures(trials: list, plugins: Any) -> None:
+    """Before compute: build every (architecture, dataset) pair once and run a tiny forward pass,
+    so an architecture that cannot take a dataset's input size fails as one clear line."""
+    import torch
+
+    from .errors import ConfigError
+
+    pairs = {(a, t.dataset) for t in trials for a in {t.arch, *(r.arch for r in t.recipes)}}
+    for arch, dataset in sorted(pairs):
+        spec = plugins.datasets.get(dataset)
+        try:
+            model = plugins.architectures.get(arch).build(spec.input_shape, spec.num_classes)
+            with torch.no_grad():
+                out = model.eval()(torch.zeros(2, *spec.input_shape))
+            if tuple(out.shape) != (2, spec.num_classes):
+                raise ValueError(f"it outputs shape {tuple(out.shape)}, expected (batch, {spec.num_classes})")
+        except Exception as exc:
+            raise ConfigError(f"architecture '{arch}' cannot take dataset '{dataset}' "
+                              f"({'x'.join(map(str, spec.input_shape))}): {exc}; pick another architecture") from None

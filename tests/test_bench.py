@@ -277,3 +277,14 @@ def test_http_tracking_server_via_env(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_an_architecture_that_cannot_take_the_input_fails_before_compute(tiny_plugins, tracking_uri, tmp_path):
+    from harness.errors import ConfigError
+
+    doc = {"grid": [{"distiller": ["random"], "dataset": ["digits"], "arch": ["lenet"], "ipc": [1]}]}
+    grid = build_grid(doc, tiny_plugins)
+    with pytest.raises(ConfigError, match="architecture 'lenet' cannot take dataset 'digits' \\(1x8x8\\)"):
+        run_bench(grid, tiny_plugins, tracking_uri=tracking_uri, data_dir=tmp_path)
+    tracker = Tracker(tracking_uri)
+    assert tracker.experiment_id("grid", create=False) is None  # nothing was created or run
