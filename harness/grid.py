@@ -158,7 +158,10 @@ def coerce_config_value(where: str, value: Any, tp: Any) -> Any:
 def build_config(distiller: type, overrides: dict, where: str) -> Any:
     """Instantiate ``distiller.Config`` with overrides, each checked against its annotation."""
     config_cls = distiller.Config
-    hints = typing.get_type_hints(config_cls)
+    try:
+        hints = typing.get_type_hints(config_cls)
+    except Exception:  # string annotations naming things not importable here (TYPE_CHECKING, local scope)
+        hints = {f.name: f.type for f in dataclasses.fields(config_cls) if not isinstance(f.type, str)}
     fields = {f.name for f in dataclasses.fields(config_cls)}
     _unknown_keys(where, overrides, fields)
     values = {k: coerce_config_value(f"{where}.{k}", v, hints.get(k, Any)) for k, v in overrides.items()}

@@ -1,0 +1,132 @@
+"""The CLI turns every user-fixable problem into one ``error:`` line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD = """\
+name = "cli-test"
+seeds = [0]
+
+[[grid]]
+distiller = ["random", "full"]
+dataset = ["digits"]
+arch = ["mlp"]
+ipc = [1]
+
+[eval]
+epochs = 1
+models = 1
+"""
+
+
+def harness_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    for var in ("HARNESS_PLUGINS", "HARNESS_DISABLE_PLUGIN_AUTOLOAD", "MLFLOW_TRACKING_URI"):
+        env.pop(var, None)
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit code 2, exactly one stderr line starting with 'error:', no traceback anywhere."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize("content, extra, fragments", [
+    (None, [], ["error: grid file 'grid.toml' not found; pass a path such as benchmarks/grids/quick.toml"]),
+    ("[[grid]\ndistiller = 'random'\n", [], ["error: grid.toml: invalid TOML: "]),
+    ("seed = [0]\n" + GOOD.replace("seeds = [0]\n", ""), [], ["grid.toml: unknown key 'seed'; did you mean 'seeds'?"]),
+    (GOOD.replace('"random"', '"rnadom"'), [], ["grid.toml: unknown distiller 'rnadom'; did you mean 'random'?"]),
+    (GOOD.replace("ipc = [1]", 'ipc = ["1"]'), [], ["grid.toml: [[grid]] #1: ipc: expected int, got '1' (str)"]),
+    (GOOD.replace("epochs = 1", "epochs = true"), [], ["eval.epochs: expected int, got True (bool)"]),
+    (GOOD.replace('arch = ["mlp"]', 'arch = ["convnt"]'), [], ["unknown architecture 'convnt'; did you mean 'convnet'?"]),
+    (GOOD.replace("seeds = [0]", 'device = "tpu"'), [], ["device: unknown device 'tpu'; use auto, cpu, cuda or cuda:N"]),
+    (GOOD, ["--set", "eval.epochs"], ["--set 'eval.epochs': expected section.key=value, e.g. --set eval.epochs=10"]),
+    (GOOD, ["--set", "eval.epochs=abc"], ["eval.epochs: expected int, got 'abc' (str)"]),
+    (GOOD, ["--set", "grid.ipc=[1]", "--set", "grid.n=[5]"], ["give either ipc (per class) or n (total), not both"]),
+], ids=["missing-file", "malformed-toml", "unknown-key", "unknown-distiller", "wrong-type", "bool-for-int",
+        "unknown-arch", "unknown-device-in-file", "set-without-equals", "set-wrong-type", "set-ipc-and-n"])
+def test_validate_errors(tmp_path, content, extra, fragments):
+    if content is not None:
+        (tmp_path / "grid.toml").write_text(content)
+    proc = harness_cli("validate", "grid.toml", *extra, cwd=tmp_path)
+    assert_one_error_line(proc, *fragments)
+    assert proc.stdout == ""
+
+
+def test_validate_quick_grid():
+    proc = harness_cli("validate", "benchmarks/grids/quick.toml", cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok: grid 'quick' has 12 trials over seeds [0, 1]; recipes: convnet/sgd, mlp/sgd")
+    assert proc.stderr == ""
+
+
+def test_validate_with_overrides(tmp_path):
+    (tmp_path / "grid.toml").write_text(GOOD)
+    proc = harness_cli("validate", "grid.toml", "--set", "seeds=[1,2,3]", "--set", "grid.ipc=[1, 2]", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "ok: grid 'cli-test' has 9 trials over seeds [1, 2, 3]; recipes: mlp/sgd\n"
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--device", "tpu"], ["error: --device: unknown device 'tpu'; use auto, cpu, cuda or cuda:N"]),
+    (["--set", "=1"], ["--set '=1': expected section.key=value"]),
+    (["--set", "grid.ipc=[1000]", "--device", "cpu"],
+     ["trial random/digits/mlp/ipc1000/seed0: ipc = 1000 but class", "of 'digits' has only",
+      "training examples; use ipc <= "]),
+], ids=["unknown-device", "bad-set", "impossible-budget"])
+def test_bench_errors_before_any_compute(tmp_path, args, fragments):
+    (tmp_path / "grid.toml").write_text(GOOD)
+    store = tmp_path / "store" / "mlflow.db"
+    proc = harness_cli("bench", "grid.toml", "--tracking-uri", f"sqlite:///{store}", *args, cwd=tmp_path)
+    assert_one_error_line(proc, *fragments)
+    assert "passed" not in proc.stdout
+    # rejected before MLflow was even opened: no store, no experiment, no trial runs
+    assert not store.exists() and not store.parent.exists()
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_bench_cuda_on_a_machine_without_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    (tmp_path / "grid.toml").write_text(GOOD)
+    store = tmp_path / "mlflow.db"
+    proc = harness_cli("bench", "grid.toml", "--device", "cuda", "--tracking-uri", f"sqlite:///{store}", cwd=tmp_path)
+    assert_one_error_line(proc, "device 'cuda' requested but CUDA is not available here; use --device cpu or auto")
+    assert not store.exists()
+
+
+def test_unknown_command_and_option_are_usage_errors(tmp_path):
+    proc = harness_cli("bnech", cwd=tmp_path)
+    assert proc.returncode == 2 and "No such command 'bnech'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = harness_cli("ls", "distillers", "--bogus", cwd=tmp_path)
+    assert proc.returncode == 2 and "No such option" in proc.stderr and "--bogus" in proc.stderr
+
+
+def test_help_does_not_import_torch_or_mlflow(tmp_path):
+    code = ("import sys; sys.argv=['harness','--help']\n"
+            "try:\n from harness.cli import main; main()\nexcept SystemExit: pass\n"
+            "print('torch' in sys.modules, 'mlflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert "Commands:" in proc.stdout and "bench" in proc.stdout  # the help really was printed
+    assert lines[-1] == "False False"
