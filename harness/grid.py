@@ -69,6 +69,8 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
             if not isinstance(tables, list) or not tables:
                 raise ConfigError(f"--set {key}: the grid file has no [[grid]] tables to override")
             for table in tables:
+                if parts[1] in ("ipc", "n"):  # a budget override replaces the table's other budget key
+                    table.pop("n" if parts[1] == "ipc" else "ipc", None)
                 table[parts[1]] = value
             continue
         node = doc
@@ -190,42 +192,12 @@ def build_grid(doc: dict, plugins: Any, default_name: str = "grid", source: str 
     executor = _scalar(f"{where}: executor", doc.get("executor", "inline"), str)
     plugins.executors.get(executor)
 
-    eval_doc = doc.get("eval", {})
-    if not isinstance(eval_doc, dict):
-        raise ConfigError(f"{where}: [eval] must be a table")
-    _unknown_keys(f"{where}: [eval]", eval_doc, EVAL_KEYS)
-    eval_archs = _as_list(f"{where}: eval.archs", eval_doc.get("archs", ["same"]), str)
-    optimizers = [_choice(f"{where}: eval.optimizers", o, OPTIMIZERS)
-                  for o in _as_list(f"{where}: eval.optimizers", eval_doc.get("optimizers", ["sgd"]), str)]
-    init = _choice(f"{where}: eval.init", eval_doc.get("init", "random"), INITS)
-    augment = _choice(f"{where}: eval.augment", eval_doc.get("augment", "none"), AUGMENTS)
-    common = dict(
-        epochs=_scalar(f"{where}: eval.epochs", eval_doc.get("epochs", 300), int, 1),
-        batch_size=_scalar(f"{where}: eval.batch_size", eval_doc.get("batch_size", 256), int, 1),
-        models=_scalar(f"{where}: eval.models", eval_doc.get("models", 5), int, 1),
-        momentum=_scalar(f"{where}: eval.momentum", eval_doc.get("momentum", 0.9), float, 0.0),
-        weight_decay=_scalar(f"{where}: eval.weight_decay", eval_doc.get("weight_decay", 5e-4), float, 0.0),
-        init=init,
-        augment=augment,
-    )
-    lr = eval_doc.get("lr")
-    if lr is not None:
-        lr = _scalar(f"{where}: eval.lr", lr, float)
-        if lr <= 0:
-            raise ConfigError(f"{where}: eval.lr must be > 0, got {lr}")
-    for a in eval_archs:
-        if a != "same":
-            plugins.architectures.get(a)
-
+    eval_doc = _table(f"{where}: [eval]", doc.get("eval", {}))
     configs_doc = doc.get("distillers", {})
     if not isinstance(configs_doc, dict):
         raise ConfigError(f"{where}: [distillers] must be a table of [distillers.<name>] tables")
-    configs: dict[str, Any] = {}
-    for dname, overrides in configs_doc.items():
-        cls = plugins.distillers.get(dname)
-        if not isinstance(overrides, dict):
-            raise ConfigError(f"{where}: [distillers.{dname}] must be a table of Config fields")
-        configs[dname] = build_config(cls, overrides, f"{where}: distillers.{dname}")
+    _parse_eval(f"{where}: eval", eval_doc, plugins)  # report problems once, even if every table overrides
+    _parse_configs(f"{where}: distillers", configs_doc, plugins)
 
     tables = doc.get("grid")
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
@@ -234,7 +206,14 @@ def build_grid(doc: dict, plugins: Any, default_name: str = "grid", source: str 
     trials: dict[str, Trial] = {}
     for i, table in enumerate(tables):
         tw = f"{where}: [[grid]] #{i + 1}"
-        _unknown_keys(tw, table, AXES)
+        _unknown_keys(tw, table, AXES | {"eval", "distillers"})
+        # per-table [grid.eval] / [grid.distillers.<name>] override the top-level tables, key by key
+        eval_table = {**eval_doc, **_table(f"{tw}: [grid.eval]", table.get("eval", {}))}
+        eval_archs, optimizers, lr, common = _parse_eval(f"{tw}: eval", eval_table, plugins)
+        table_configs = _table(f"{tw}: [grid.distillers]", table.get("distillers", {}))
+        merged = {d: {**configs_doc.get(d, {}), **_table(f"{tw}: [grid.distillers.{d}]", o)}
+                  for d, o in table_configs.items()}
+        configs = _parse_configs(f"{tw}: distillers", {**configs_doc, **merged}, plugins)
         for required in ("distiller", "dataset", "arch"):
             if required not in table:
                 raise ConfigError(f"{tw}: missing '{required}'")
@@ -249,23 +228,69 @@ def build_grid(doc: dict, plugins: Any, default_name: str = "grid", source: str 
         if any(b is not None and b < 1 for b in budgets):
             raise ConfigError(f"{tw}: {budget_key} must be >= 1, got {budgets}")
 
-        for d in distillers:
-            cls = plugins.distillers.get(d)
-            if budget_key is None and not capabilities_of(cls).ignores_budget:
-                raise ConfigError(f"{tw}: distiller '{d}' needs a budget; add ipc = [...] or n = [...]")
-        for ds in datasets:
-            plugins.datasets.get(ds)
-        for b in bases:
-            if b != "same":
-                plugins.datasets.get(b)
-        for a in archs:
-            plugins.architectures.get(a)
+        try:
+            for d in distillers:
+                cls = plugins.distillers.get(d)
+                if budget_key is None and not capabilities_of(cls).ignores_budget:
+                    raise ConfigError(f"distiller '{d}' needs a budget; add ipc = [...] or n = [...]")
+            for ds in datasets:
+                plugins.datasets.get(ds)
+            for b in bases:
+                if b != "same":
+                    plugins.datasets.get(b)
+            for a in archs:
+                plugins.architectures.get(a)
+        except HarnessError as exc:  # say which table the unknown or ambiguous name is in
+            raise type(exc)(f"{tw}: {exc}") from None
 
         for d, ds, b, a, budget, seed in itertools.product(distillers, datasets, bases, archs, budgets, seeds):
             trial = _make_trial(plugins, tw, d, ds, b, a, budget_key, budget, seed, configs, eval_archs,
                                 optimizers, lr, common)
             trials.setdefault(trial.key, trial)  # identical trials from overlapping tables run once
     return Grid(name=name, seeds=seeds, device=device, executor=executor, trials=list(trials.values()), source=source)
+
+
+def _table(where: str, value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table")
+    return value
+
+
+def _parse_eval(where: str, eval_doc: dict, plugins: Any) -> tuple[list, list, float | None, dict]:
+    """[eval] -> (eval archs, optimizers, lr or None, the Recipe fields shared by all recipes)."""
+    _unknown_keys(f"{where.removesuffix('eval')}[eval]", eval_doc, EVAL_KEYS)
+    eval_archs = _as_list(f"{where}.archs", eval_doc.get("archs", ["same"]), str)
+    optimizers = [_choice(f"{where}.optimizers", o, OPTIMIZERS)
+                  for o in _as_list(f"{where}.optimizers", eval_doc.get("optimizers", ["sgd"]), str)]
+    common = dict(
+        epochs=_scalar(f"{where}.epochs", eval_doc.get("epochs", 300), int, 1),
+        batch_size=_scalar(f"{where}.batch_size", eval_doc.get("batch_size", 256), int, 1),
+        models=_scalar(f"{where}.models", eval_doc.get("models", 5), int, 1),
+        momentum=_scalar(f"{where}.momentum", eval_doc.get("momentum", 0.9), float, 0.0),
+        weight_decay=_scalar(f"{where}.weight_decay", eval_doc.get("weight_decay", 5e-4), float, 0.0),
+        init=_choice(f"{where}.init", eval_doc.get("init", "random"), INITS),
+        augment=_choice(f"{where}.augment", eval_doc.get("augment", "none"), AUGMENTS),
+    )
+    lr = eval_doc.get("lr")
+    if lr is not None:
+        lr = _scalar(f"{where}.lr", lr, float)
+        if lr <= 0:
+            raise ConfigError(f"{where}.lr must be > 0, got {lr}")
+    for a in eval_archs:
+        if a != "same":
+            plugins.architectures.get(a)
+    return eval_archs, optimizers, lr, common
+
+
+def _parse_configs(where: str, configs_doc: dict, plugins: Any) -> dict[str, Any]:
+    """[distillers.<name>] tables -> validated Config instances."""
+    configs: dict[str, Any] = {}
+    for dname, overrides in configs_doc.items():
+        cls = plugins.distillers.get(dname)
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{where.removesuffix('distillers')}[distillers.{dname}] must be a table of Config fields")
+        configs[dname] = build_config(cls, overrides, f"{where}.{dname}")
+    return configs
 
 
 def _make_trial(plugins, tw, d, ds, b, a, budget_key, budget, seed, configs, eval_archs, optimizers, lr, common) -> Trial:
@@ -313,7 +338,9 @@ def _make_trial(plugins, tw, d, ds, b, a, budget_key, budget, seed, configs, eva
         for opt in optimizers:
             if opt == "distilled" and not caps.learns_lr:
                 continue  # not applicable to this distiller: reported as n/a, never faked
-            recipes.append(Recipe(arch=eval_arch, optimizer=opt, lr=lr or DEFAULT_LR.get(opt, 0.0), **common))
+            recipe = Recipe(arch=eval_arch, optimizer=opt, lr=lr or DEFAULT_LR.get(opt, 0.0), **common)
+            if recipe not in recipes:  # "same" and the distill arch's own name are one recipe
+                recipes.append(recipe)
     versions = sorted({_dist_version("distill-harness"), _dist_version(plugins.distillers.source(d)), _dist_version(plugins.datasets.source(ds)),
                        _dist_version(plugins.datasets.source(base)), _dist_version(plugins.architectures.source(a)),
                        *(_dist_version(plugins.architectures.source(r.arch)) for r in recipes)})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
@@ -151,13 +152,18 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def _normalise(name: str) -> str:
+    """PEP 503 name normalisation: harness_vision, Harness.Vision and harness-vision are one name."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
 def _selected_entry_points() -> list[metadata.EntryPoint]:
     if os.environ.get("HARNESS_DISABLE_PLUGIN_AUTOLOAD", "").strip() not in ("", "0", "false", "no"):
         return []
     eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
-    allow = {a.strip() for a in os.environ.get("HARNESS_PLUGINS", "").split(",") if a.strip()}
+    allow = {_normalise(a) for a in os.environ.get("HARNESS_PLUGINS", "").split(",") if a.strip()}
     if allow:
-        eps = [ep for ep in eps if ep.name in allow or (ep.dist and ep.dist.name in allow)]
+        eps = [ep for ep in eps if _normalise(ep.name) in allow or (ep.dist and _normalise(ep.dist.name) in allow)]
     seen: set[str] = set()
     unique = []
     for ep in eps:  # the same distribution can be visible twice on sys.path (editable + site)

@@ -51,16 +51,16 @@ def assert_one_error_line(proc: subprocess.CompletedProcess, *fragments: str) ->
     (None, [], ["error: grid file 'grid.toml' not found; pass a path such as benchmarks/grids/quick.toml"]),
     ("[[grid]\ndistiller = 'random'\n", [], ["error: grid.toml: invalid TOML: "]),
     ("seed = [0]\n" + GOOD.replace("seeds = [0]\n", ""), [], ["grid.toml: unknown key 'seed'; did you mean 'seeds'?"]),
-    (GOOD.replace('"random"', '"rnadom"'), [], ["grid.toml: unknown distiller 'rnadom'; did you mean 'random'?"]),
+    (GOOD.replace('"random"', '"rnadom"'), [], ["grid.toml: [[grid]] #1: unknown distiller 'rnadom'; did you mean 'random'?"]),
     (GOOD.replace("ipc = [1]", 'ipc = ["1"]'), [], ["grid.toml: [[grid]] #1: ipc: expected int, got '1' (str)"]),
     (GOOD.replace("epochs = 1", "epochs = true"), [], ["eval.epochs: expected int, got True (bool)"]),
     (GOOD.replace('arch = ["mlp"]', 'arch = ["convnt"]'), [], ["unknown architecture 'convnt'; did you mean 'convnet'?"]),
     (GOOD.replace("seeds = [0]", 'device = "tpu"'), [], ["device: unknown device 'tpu'; use auto, cpu, cuda or cuda:N"]),
     (GOOD, ["--set", "eval.epochs"], ["--set 'eval.epochs': expected section.key=value, e.g. --set eval.epochs=10"]),
     (GOOD, ["--set", "eval.epochs=abc"], ["eval.epochs: expected int, got 'abc' (str)"]),
-    (GOOD, ["--set", "grid.ipc=[1]", "--set", "grid.n=[5]"], ["give either ipc (per class) or n (total), not both"]),
+    (GOOD.replace("ipc = [1]", "ipc = [1]\nn = [5]"), [], ["give either ipc (per class) or n (total), not both"]),
 ], ids=["missing-file", "malformed-toml", "unknown-key", "unknown-distiller", "wrong-type", "bool-for-int",
-        "unknown-arch", "unknown-device-in-file", "set-without-equals", "set-wrong-type", "set-ipc-and-n"])
+        "unknown-arch", "unknown-device-in-file", "set-without-equals", "set-wrong-type", "ipc-and-n"])
 def test_validate_errors(tmp_path, content, extra, fragments):
     if content is not None:
         (tmp_path / "grid.toml").write_text(content)
@@ -130,3 +130,11 @@ def test_help_does_not_import_torch_or_mlflow(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert "Commands:" in proc.stdout and "bench" in proc.stdout  # the help really was printed
     assert lines[-1] == "False False"
+
+
+def test_a_budget_override_replaces_the_other_budget_key(tmp_path):
+    (tmp_path / "grid.toml").write_text(GOOD)
+    proc = harness_cli("validate", "grid.toml", "--set", "grid.n=[5]", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr  # n replaced the file's ipc instead of clashing with it
+    proc = harness_cli("validate", "grid.toml", "--set", "grid.n=[0]", cwd=tmp_path)
+    assert proc.returncode == 2 and "n must be >= 1" in proc.stderr

@@ -465,7 +465,7 @@ def test_load_grid_errors_name_the_file(tmp_path, tiny_plugins):
     path.write_text(QUICKISH.replace('"random"', '"rnadom"'))
     with pytest.raises(ConfigError) as info:  # registry errors become ConfigErrors prefixed with the path
         load_grid(path, plugins=tiny_plugins)
-    assert str(info.value).startswith(f"{path}: unknown distiller 'rnadom'; did you mean 'random'? (known: ")
+    assert str(info.value).startswith(f"{path}: [[grid]] #1: unknown distiller 'rnadom'; did you mean 'random'? (known: ")
     assert "random" in str(info.value).split("(known: ")[1] and "\n" not in str(info.value)
     path.write_text(QUICKISH + "\n[distillers.means]\nsmoth = 1\n")
     with pytest.raises(ConfigError, match=rf"^{path}: distillers.means: unknown key 'smoth'"):
@@ -595,3 +595,38 @@ def test_labels_and_params(tiny_plugins):
     # within one distiller, the keys are identical (MLflow's compare view lines them up)
     for name in ("random", "full", "means"):
         assert len({frozenset(t.params()) for t in trials if t.distiller == name}) == 1
+
+
+# -- per-table [grid.eval] and [grid.distillers.<name>] ------------------------------------------
+def test_per_table_eval_and_config_override_the_top_level(tiny_plugins):
+    doc = grid_doc(
+        {"distiller": ["random", "means"]},
+        {"distiller": ["means"], "eval": {"init": "known", "optimizers": ["distilled"]},
+         "distillers": {"means": {"steps": 5}}},
+        eval={"epochs": 7}, distillers={"means": {"smoothing": 0.2}},
+    )
+    trials = build(doc, tiny_plugins)
+    first = [t for t in trials if t.distiller == "means" and t.recipes[0].init == "random"]
+    known = [t for t in trials if t.recipes[0].init == "known"]
+    assert len(first) == 1 and len(known) == 1 and len(trials) == 3
+    assert dict(first[0].config) == {"smoothing": 0.2, "steps": 3, "lr": 0.1}
+    assert dict(known[0].config) == {"smoothing": 0.2, "steps": 5, "lr": 0.1}  # merged key by key
+    assert [r.label for r in known[0].recipes] == ["tiny-mlp/distilled/known-init"]
+    assert known[0].recipes[0].epochs == 7 and known[0].key != first[0].key
+
+
+def test_per_table_overrides_are_validated_with_the_table_named(tiny_plugins):
+    bad_eval = grid_doc({}, {"eval": {"epoch": 3}})
+    with pytest.raises(ConfigError, match=r"\[\[grid\]\] #2: \[eval\]: unknown key 'epoch'; did you mean 'epochs'\?"):
+        build(bad_eval, tiny_plugins)
+    known_for_random = grid_doc({"eval": {"init": "known"}})
+    with pytest.raises(ConfigError, match="init = 'known' needs a distiller"):
+        build(known_for_random, tiny_plugins)
+    bad_cfg = grid_doc({"distiller": ["means"], "distillers": {"means": {"smoothing": 2.0}}})
+    with pytest.raises(ConfigError, match=r"\[\[grid\]\] #1: distillers.means: smoothing must be in \[0, 1\)"):
+        build(bad_cfg, tiny_plugins)
+
+
+def test_same_and_the_distill_arch_name_are_one_recipe(tiny_plugins):
+    trials = build(grid_doc(eval={"archs": ["same", "tiny-mlp"], "optimizers": ["sgd", "sgd"]}), tiny_plugins)
+    assert [r.label for r in trials[0].recipes] == ["tiny-mlp/sgd"]

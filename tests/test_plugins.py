@@ -212,7 +212,7 @@ def test_duplicate_distiller_name_names_both_distributions(tmp_path):
     proc = harness_cli("validate", "random.toml", cwd=tmp_path, site=site)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if not line.startswith("warning:")]
-    assert errors == ["error: random.toml: distiller 'random' is registered by both harness-distillers and mydist; "
+    assert errors == ["error: random.toml: [[grid]] #1: distiller 'random' is registered by both harness-distillers and mydist; "
                       "uninstall one, or choose plugins with HARNESS_PLUGINS"]
     assert "Traceback" not in proc.stderr
 
