@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, HarnessError
-from .specs import capabilities_of
+from .specs import capabilities_of, carries_init
 from .trial import AUGMENTS, DEFAULT_LR, INITS, OPTIMIZERS, Recipe, Trial
 
 TOP_KEYS = {"name", "seeds", "device", "executor", "grid", "eval", "distillers"}
@@ -321,13 +321,21 @@ def _make_trial(plugins, tw, d, ds, b, a, budget_key, budget, seed, configs, eva
             if n < spec.num_classes and not caps.fewer_than_classes:
                 raise ConfigError(f"{tw}: n = {n} is fewer than the {spec.num_classes} classes of '{ds}', "
                                   f"which distiller '{d}' does not support; use n >= {spec.num_classes}")
-    if common["init"] == "known" and not caps.known_init:
-        raise ConfigError(f"{tw}: eval.init = 'known' needs a distiller that distils for a fixed init; "
-                          f"'{d}' does not (keep init = 'random' for it)")
+    config = configs.get(d) or build_config(cls, {}, f"distillers.{d}")
+    if common["init"] == "known" and not carries_init(cls, config):
+        hint = ("set its Config so it distils for a fixed init (e.g. init = 'fixed')" if caps.known_init
+                else "keep init = 'random' for it")
+        raise ConfigError(f"{tw}: eval.init = 'known' needs a set distilled for a fixed init; "
+                          f"'{d}' with this config does not carry one ({hint})")
     if optimizers[0] == "distilled" and not caps.learns_lr:
         raise ConfigError(f"{tw}: the first eval optimizer is 'distilled' but '{d}' learns no step sizes; "
                           f"list sgd or adam first so every trial shares the headline recipe")
-    config = configs.get(d) or build_config(cls, {}, f"distillers.{d}")
+    check = getattr(cls, "check_trial", None)  # optional: budget/config constraints of the method
+    if callable(check) and n is not None:
+        try:
+            check(config, n, spec.num_classes)
+        except ValueError as exc:
+            raise ConfigError(f"{tw}: distiller '{d}': {exc}") from None
     recipes = []
     for ea in eval_archs:
         eval_arch = a if ea == "same" else ea

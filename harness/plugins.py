@@ -84,12 +84,33 @@ class Plugins:
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager("harness")
         self.pm.add_hookspecs(hookspecs)
-        self.datasets: Registry[DatasetSpec] = Registry("dataset")
-        self.architectures: Registry[ArchitectureSpec] = Registry("architecture")
-        self.distillers: Registry[type] = Registry("distiller")
-        self.executors: Registry[type] = Registry("executor")
+        self._registries = {
+            "datasets": Registry("dataset"),
+            "architectures": Registry("architecture"),
+            "distillers": Registry("distiller"),
+            "executors": Registry("executor"),
+        }
+        self._collected = False
         self.infos: dict[str, PluginInfo] = {}
-        self.problems: list[PluginProblem] = []
+        self._problems: list[PluginProblem] = []
+
+    # Registries fill on first use: `harness --help` needs only register_commands, so plugin hooks
+    # that import heavy modules (torch) inside register_* cost nothing until something is listed/run.
+    def _registry(self, kind: str) -> Registry:
+        if not self._collected:
+            self._collected = True
+            self._collect()
+        return self._registries[kind]
+
+    datasets = property(lambda self: self._registry("datasets"))
+    architectures = property(lambda self: self._registry("architectures"))
+    distillers = property(lambda self: self._registry("distillers"))
+    executors = property(lambda self: self._registry("executors"))
+
+    @property
+    def problems(self) -> list[PluginProblem]:
+        self._registry("datasets")
+        return self._problems
 
     # -- loading -----------------------------------------------------------------------------
     def add(self, module: ModuleType | object, name: str, distribution: str, version: str = "") -> bool:
@@ -97,7 +118,7 @@ class Plugins:
         try:
             self.pm.register(module, name=name)
         except Exception as exc:  # pluggy validation: wrong hook signature, duplicate name...
-            self.problems.append(PluginProblem(distribution, name, _reason(exc)))
+            self._problems.append(PluginProblem(distribution, name, _reason(exc)))
             return False
         mod_name = getattr(module, "__name__", type(module).__name__)
         self.infos[name] = PluginInfo(name, distribution, version, mod_name)
@@ -114,13 +135,13 @@ class Plugins:
                 self.pm.unregister(exc.plugin)
                 info = self.infos.pop(name, None)
                 dist = info.distribution if info else "?"
-                self.problems.append(PluginProblem(dist, name, _reason(exc)))
+                self._problems.append(PluginProblem(dist, name, _reason(exc)))
 
-    def collect(self) -> None:
+    def _collect(self) -> None:
         """Call every plugin's register_* hooks, one plugin at a time, validating each item."""
         for kind, hook_name in KINDS.items():
             what, validate = _VALIDATORS[kind]
-            registry: Registry = getattr(self, kind)
+            registry: Registry = self._registries[kind]
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 info = self.infos[impl.plugin_name]
 
@@ -129,14 +150,14 @@ class Plugins:
                         item = validate(item)
                         registry.register(item.name, item, _info.distribution)
                     except (SpecError, DuplicateNameError) as exc:
-                        self.problems.append(PluginProblem(_info.distribution, _info.name, f"{what}: {exc}"))
+                        self._problems.append(PluginProblem(_info.distribution, _info.name, f"{what}: {exc}"))
                         return
                     _info.registered.setdefault(kind, []).append(item.name)
 
                 try:
                     impl.function(register=register)
                 except Exception as exc:
-                    self.problems.append(PluginProblem(info.distribution, info.name, f"{hook_name} failed: {_reason(exc)}"))
+                    self._problems.append(PluginProblem(info.distribution, info.name, f"{hook_name} failed: {_reason(exc)}"))
 
     def add_commands(self, cli: Any) -> None:
         for impl in self.pm.hook.register_commands.get_hookimpls():
@@ -144,7 +165,7 @@ class Plugins:
             try:
                 impl.function(cli=cli)
             except Exception as exc:
-                self.problems.append(PluginProblem(info.distribution, info.name, f"register_commands failed: {_reason(exc)}"))
+                self._problems.append(PluginProblem(info.distribution, info.name, f"register_commands failed: {_reason(exc)}"))
 
 
 def _reason(exc: BaseException) -> str:
@@ -186,13 +207,12 @@ def load_plugins(extra: Iterable[tuple[object, str, str]] = ()) -> Plugins:
         try:
             module = ep.load()
         except Exception as exc:
-            plugins.problems.append(PluginProblem(dist, ep.name, f"failed to import {ep.value}: {_reason(exc)}"))
+            plugins._problems.append(PluginProblem(dist, ep.name, f"failed to import {ep.value}: {_reason(exc)}"))
             continue
         plugins.add(module, ep.name, dist, version)
     for obj, name, dist in extra:
         plugins.add(obj, name, dist, _version(dist))
     plugins.check_pending()
-    plugins.collect()
     return plugins
 
 

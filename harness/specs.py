@@ -109,7 +109,7 @@ class Capabilities:
     learns_lr: bool = False  # the set carries learned step sizes: enables the "distilled" recipe
     cross_dataset: bool = False  # base examples may come from another dataset
     fewer_than_classes: bool = False  # n < num_classes is supported
-    known_init: bool = False  # the set carries its init, so "known" init evaluation is possible
+    known_init: bool = False  # can carry its init ("known" init eval); see carries_init(config)
     ignores_budget: bool = False  # ipc/n are ignored (e.g. the full training set)
 
 
@@ -122,6 +122,9 @@ class Distiller(Protocol):
     - ``capabilities``: a :class:`Capabilities` (optional; all False by default);
     - ``distill(self, task: DistillTask) -> DistilledSet``.
     The class is instantiated with no arguments; the validated config arrives as ``task.config``.
+    Optional static methods: ``carries_init(config) -> bool`` (see :func:`carries_init`) and
+    ``check_trial(config, n, num_classes)``, raising ValueError for a budget the method cannot
+    distil with that config; the grid calls it before any compute.
     The first line of the class docstring is its description in ``harness ls``.
     """
 
@@ -133,6 +136,19 @@ class Distiller(Protocol):
 
 def capabilities_of(distiller: type) -> Capabilities:
     return getattr(distiller, "capabilities", None) or Capabilities()
+
+
+def carries_init(distiller: type, config: Any) -> bool:
+    """Whether sets distilled with ``config`` carry their init ("known" init evaluation).
+
+    ``capabilities.known_init`` says a distiller *can* distil for a fixed init; a distiller whose
+    choice depends on its Config (e.g. SLDD's ``init = "fixed"``) defines
+    ``carries_init(config) -> bool`` as a static or class method.
+    """
+    if not capabilities_of(distiller).known_init:
+        return False
+    hook = getattr(distiller, "carries_init", None)
+    return bool(hook(config)) if callable(hook) else True
 
 
 def describe(obj: object) -> str:

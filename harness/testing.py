@@ -15,7 +15,8 @@ import dataclasses
 import math
 from typing import Any
 
-from .specs import ArchitectureSpec, DatasetSpec, DistilledSet, DistillTask, capabilities_of, check_distiller as _static_check
+from .specs import ArchitectureSpec, DatasetSpec, DistilledSet, DistillTask, capabilities_of, carries_init
+from .specs import check_distiller as _static_check
 
 TINY_SHAPE = (1, 4, 4)
 TINY_CLASSES = 3
@@ -111,8 +112,8 @@ def check_distiller(distiller: type, ipc: int = 2, **config: Any) -> DistilledSe
             "labels that are not learned must be distributions (non-negative rows summing to 1)"
     if caps.learns_lr:
         assert out.lrs is not None, "capabilities.learns_lr is set but the set carries no lrs"
-    if caps.known_init:
-        assert out.init_state, "capabilities.known_init is set but the set carries no init_state"
+    if carries_init(distiller, task.config):
+        assert out.init_state, "this config distils for a known init, but the set carries no init_state"
 
     again = distiller().distill(make_task(distiller, ipc=ipc, **config)).detached()
     same = torch.equal(out.x, again.x) and torch.equal(out.y, again.y)

@@ -224,8 +224,8 @@ def test_cross_architecture_recipes(tiny_plugins):
 
 # -- init / optimizers vs capabilities -----------------------------------------------------------
 def test_known_init_needs_capability(tiny_plugins):
-    with pytest.raises(ConfigError, match=r"eval.init = 'known' needs a distiller that distils for a fixed init; "
-                                          r"'random' does not"):
+    with pytest.raises(ConfigError, match=r"eval.init = 'known' needs a set distilled for a fixed init; "
+                                          r"'random' with this config does not carry one \(keep init = 'random'"):
         build(grid_doc(eval={"init": "known"}), tiny_plugins)
     [trial] = build(grid_doc({"distiller": ["means"]}, eval={"init": "known"}), tiny_plugins)
     assert [r.label for r in trial.recipes] == ["tiny-mlp/sgd/known-init"]
@@ -620,7 +620,7 @@ def test_per_table_overrides_are_validated_with_the_table_named(tiny_plugins):
     with pytest.raises(ConfigError, match=r"\[\[grid\]\] #2: \[eval\]: unknown key 'epoch'; did you mean 'epochs'\?"):
         build(bad_eval, tiny_plugins)
     known_for_random = grid_doc({"eval": {"init": "known"}})
-    with pytest.raises(ConfigError, match="init = 'known' needs a distiller"):
+    with pytest.raises(ConfigError, match="init = 'known' needs a set distilled for a fixed init"):
         build(known_for_random, tiny_plugins)
     bad_cfg = grid_doc({"distiller": ["means"], "distillers": {"means": {"smoothing": 2.0}}})
     with pytest.raises(ConfigError, match=r"\[\[grid\]\] #1: distillers.means: smoothing must be in \[0, 1\)"):

@@ -44,9 +44,6 @@ def test_check_distiller_passes_with_fixed_init(cls):
 
 
 @pytest.mark.parametrize("cls", [SLDD, DD])
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "core: check_distiller asserts init_state whenever capabilities.known_init is set, but a set distilled "
-    "for random inits (init='random', the default) has no init to carry; capabilities cannot depend on Config"))
 def test_check_distiller_with_random_init(cls):
     check_distiller(cls, **SMALL)
 
@@ -276,3 +273,32 @@ def test_distilled_recipe_replays_the_inner_loop(cls):
     assert torch.allclose(unrolled, replayed, atol=1e-5)
     assert torch.equal(unrolled.argmax(1), replayed.argmax(1))
     assert not torch.allclose(replayed, net(xt), atol=1e-3)  # the replay did train the model
+
+
+# -- the grid knows SLDD's constraints before any compute ------------------------------------------
+def _grid(tiny_plugins, table_eval=None, cfg=None, n=10):
+    from harness.grid import build_grid
+
+    table = {"distiller": ["sldd"], "dataset": ["digits"], "arch": ["mlp"], "n": [n]}
+    if table_eval:
+        table["eval"] = table_eval
+    if cfg:
+        table["distillers"] = {"sldd": cfg}
+    return build_grid({"grid": [table]}, tiny_plugins)
+
+
+def test_known_init_evaluation_needs_a_fixed_init_config(tiny_plugins):
+    from harness.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not carry one \\(set its Config so it distils for a fixed init"):
+        _grid(tiny_plugins, {"init": "known", "optimizers": ["distilled"]})
+    grid = _grid(tiny_plugins, {"init": "known", "optimizers": ["distilled"]}, {"init": "fixed"})
+    assert [r.label for r in grid.trials[0].recipes] == ["mlp/distilled/known-init"]
+
+
+def test_budget_that_does_not_split_into_steps_is_rejected_before_compute(tiny_plugins):
+    from harness.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="distiller 'sldd': n=5 synthetic examples cannot be cut into steps=10"):
+        _grid(tiny_plugins, n=5)
+    assert _grid(tiny_plugins, cfg={"steps": 1}, n=5).trials[0].n == 5

@@ -1,11 +1,19 @@
-"""Entry point of harness-distillers: registers every distiller of this distribution."""
+"""Entry point of harness-distillers: registers every distiller of this distribution.
+
+Method modules import torch at module level, so they are imported inside the hook: loading this
+entry point (e.g. for `harness --help`) stays instant.
+"""
 
 from harness import hookimpl
-
-from .baselines import Full, RandomSubset
 
 
 @hookimpl
 def register_distillers(register):
+    from .baselines import Full, RandomSubset
+    from .dd import DD
+    from .sldd import SLDD
+
     register(RandomSubset)
     register(Full)
+    register(SLDD)
+    register(DD)

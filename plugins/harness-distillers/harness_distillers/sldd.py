@@ -266,6 +266,18 @@ class SLDD:
     capabilities = Capabilities(learns_inputs=True, learns_labels=True, learns_lr=True,
                                 fewer_than_classes=True, known_init=True)
 
+    @staticmethod
+    def carries_init(config) -> bool:
+        """Only a set distilled for one fixed init ("known init") carries that init."""
+        return config.init == "fixed"
+
+    @staticmethod
+    def check_trial(config, n: int, num_classes: int) -> None:
+        """Before compute (grid validation): the n examples must split into ``steps`` equal batches."""
+        if n < config.steps or n % config.steps:
+            raise ValueError(f"n={n} synthetic examples cannot be cut into steps={config.steps} equal batches; "
+                             f"set steps to a divisor of n (the SLDD paper's 10- and 5-image runs use steps=1)")
+
     @dataclass
     class Config(UnrolledGDConfig):
         """SLDD hyperparameters: the Dataset Distillation code's defaults (see
