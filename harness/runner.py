@@ -114,7 +114,8 @@ def _distill(trial: Trial, ctx: TrialContext, result: TrialResult):
         x=x, y=y, num_classes=spec.num_classes, ipc=trial.ipc,
         n=trial.n if trial.n is not None else len(x), make_model=make_model, config=config,
         device=ctx.device, generator=torch.Generator().manual_seed(derive_seed(trial.seed, "distill")),
-        base=base, dataset=trial.dataset, seed=trial.seed, _log=log,
+        base=base, dataset=trial.dataset, base_dataset=trial.base_dataset if base is not None else "",
+        seed=trial.seed, _log=log,
         _total=(ctx.progress.expect_steps if ctx.progress else (lambda total: None)),
     )
     torch.manual_seed(derive_seed(trial.seed, "global"))  # for distillers that use the global RNG

@@ -198,6 +198,7 @@ class DistillTask:
     base: tuple["torch.Tensor", "torch.Tensor"] | None = None
     deadline: float | None = None  # time.monotonic() value after which the distiller should stop
     dataset: str = ""
+    base_dataset: str = ""  # name of the dataset `base` comes from ("" when base is None)
     seed: int = 0
     _log: Callable[..., None] = field(default=lambda step, **m: None, repr=False)
     _total: Callable[[int], None] = field(default=lambda total: None, repr=False)

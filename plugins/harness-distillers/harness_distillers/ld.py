@@ -69,7 +69,7 @@ class BaseExamples:
     def meta(self, task: Any) -> dict:
         return {
             "base": "cross-dataset" if self.cross else "same",
-            "base_dataset": "task.base (another dataset)" if self.cross else (task.dataset or "target"),
+            "base_dataset": (getattr(task, "base_dataset", "") or "task.base") if self.cross else (task.dataset or "target"),
             "target_dataset": task.dataset,
             "base_indices": self.index.tolist(),
             "base_true_labels": self.labels.tolist(),

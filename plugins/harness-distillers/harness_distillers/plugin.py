@@ -11,9 +11,14 @@ from harness import hookimpl
 def register_distillers(register):
     from .baselines import Full, RandomSubset
     from .dd import DD
+    from .ld import LD, LDBase
+    from .ld_rr import LDRR
     from .sldd import SLDD
 
     register(RandomSubset)
     register(Full)
     register(SLDD)
     register(DD)
+    register(LD)
+    register(LDBase)
+    register(LDRR)

@@ -1,0 +1,53 @@
+"""Time of distiller outer steps on the seeds-mnist setting (mnist-subset, LeNet, CPU).
+
+Each round runs ``distill`` with ``outer_steps = STEPS`` from scratch (set-up included), so
+per-step cost ~ mean / STEPS. Compare distillers within one run: the machine is shared and noisy.
+Run: `make perf` or `.venv/bin/python -m pytest benchmarks/perf/test_distill_step.py`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.specs import DistillTask
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    from harness_vision.datasets import load_mnist_subset
+
+    return load_mnist_subset("train", None)
+
+
+def task_for(cls, mnist, ipc, **config):
+    from harness_vision.archs import build_lenet
+
+    x, y = mnist
+    counter = iter(range(1 << 20))
+
+    def make_model():
+        torch.manual_seed(next(counter))
+        return build_lenet((1, 28, 28), 10)
+
+    return DistillTask(x=x, y=y, num_classes=10, ipc=ipc, n=ipc * 10, make_model=make_model,
+                       config=cls.Config(outer_steps=STEPS, **config), device=torch.device("cpu"),
+                       generator=torch.Generator().manual_seed(0))
+
+
+def distillers():
+    from harness_distillers.dd import DD
+    from harness_distillers.ld import LD
+    from harness_distillers.ld_rr import LDRR
+    from harness_distillers.sldd import SLDD
+
+    return [("sldd-n10-steps1", SLDD, 1, {"steps": 1}), ("dd-n10-steps1", DD, 1, {"steps": 1}),
+            ("ld-ipc10", LD, 10, {}), ("ld-rr-ipc10", LDRR, 10, {})]
+
+
+@pytest.mark.parametrize("label,cls,ipc,config", distillers(), ids=lambda v: v if isinstance(v, str) else "")
+def test_outer_steps(benchmark, mnist, label, cls, ipc, config):
+    benchmark.extra_info["outer_steps"] = STEPS
+    benchmark.pedantic(lambda: cls().distill(task_for(cls, mnist, ipc, **config)), rounds=3, iterations=1)
