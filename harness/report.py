@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import HarnessError
 
-GROUP = ["dataset", "base_dataset", "arch", "budget", "recipe", "distiller"]
+GROUP = ["dataset", "base_dataset", "arch", "budget", "recipe", "protocol", "distiller"]
 PER_RECIPE = re.compile(r"^acc_mean/(.+)$")
 
 
@@ -34,6 +34,7 @@ def runs_frame(tracker: Any, experiment: str) -> Any:
         p = run.data.params
         row = {k: p.get(k, "") for k in ("distiller", "dataset", "base_dataset", "arch", "budget")}
         row["recipes"] = p.get("eval.recipes", "")
+        row["eval_epochs"], row["eval_models"] = p.get("eval.epochs", "?"), p.get("eval.models", "?")
         row.update(seed=int(p.get("seed", 0)), status=run.info.status, error=run.data.tags.get("error", ""),
                    trial_key=run.data.tags.get("trial_key"), run_id=run.info.run_id)
         row.update(run.data.metrics)
@@ -49,12 +50,13 @@ def leaderboard(frame: Any) -> Any:
     for _, row in frame.iterrows():
         labels = [m.group(1) for c in frame.columns if (m := PER_RECIPE.match(c)) and pd.notna(row[c])]
         base = {k: row[k] for k in ("distiller", "dataset", "base_dataset", "arch", "budget", "seed")}
+        epochs, models = row.get("eval_epochs", "?"), row.get("eval_models", "?")
         if row["status"] != "FINISHED" or not labels:  # counted as failed under each planned recipe
             for label in (row.get("recipes") or "-").split(","):
-                records.append({**base, "recipe": label, "failed": 1})
+                records.append({**base, "recipe": label, "protocol": _protocol(label, epochs, models), "failed": 1})
             continue
         for label in labels:
-            records.append({**base, "recipe": label, "failed": 0,
+            records.append({**base, "recipe": label, "protocol": _protocol(label, epochs, models), "failed": 0,
                             "acc": 100 * row[f"acc_mean/{label}"],
                             "acc_random": 100 * row.get(f"acc_random/{label}", float("nan")),
                             "gain": 100 * row.get(f"gain/{label}", float("nan")),
@@ -78,6 +80,13 @@ def leaderboard(frame: Any) -> Any:
     return board.reset_index(drop=True)
 
 
+def _protocol(label: str, epochs: Any, models: Any) -> str:
+    """How each model was trained: epochs x models, or the set's learned steps x models."""
+    if "/distilled" in label:
+        return f"learned steps x {models}"
+    return f"{epochs} ep x {models}"
+
+
 def _budget_order(budget: str) -> tuple:
     kind, _, value = str(budget).partition("=")
     return ({"ipc": 0, "n": 1}.get(kind, 2), int(value) if value.isdigit() else 0)
@@ -92,14 +101,16 @@ def format_pm(mean: float, std: float) -> str:
 def to_markdown(board: Any, title: str, command: str) -> str:
     lines = [f"# {title}", "", f"Regenerate: `{command}`", "",
              "Accuracy in % (mean ± std over seeds); `gain` = accuracy − random real subset at the same "
-             "budget and recipe. Recipe = eval arch / optimizer (/known-init).", ""]
-    header = ["dataset", "arch", "budget", "recipe", "distiller", "acc", "random", "gain", "seeds", "distill s", "eval s"]
+             "budget and recipe. Recipe = eval arch / optimizer (/known-init); protocol = epochs x models per "
+             "seed (or the set's learned step sizes x models).", ""]
+    header = ["dataset", "arch", "budget", "recipe", "protocol", "distiller", "acc", "random", "gain", "seeds",
+              "distill s", "eval s"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in board.iterrows():
         data = r["dataset"] if r["base_dataset"] in (r["dataset"], "") else f"{r['base_dataset']}→{r['dataset']}"
         acc = format_pm(r["acc_mean"], r["acc_std"]) if r["seeds"] else "FAILED"
         seeds = f"{int(r['seeds'])}" + (f" ({int(r['failed'])} failed)" if r["failed"] else "")
-        cells = [data, r["arch"], r["budget"], r["recipe"], r["distiller"], acc,
+        cells = [data, r["arch"], r["budget"], r["recipe"], r["protocol"], r["distiller"], acc,
                  "n/a" if r["random_mean"] != r["random_mean"] else f"{r['random_mean']:.2f}",
                  format_pm(r["gain_mean"], r["gain_std"]), seeds, _secs(r["distill_s"]), _secs(r["eval_s"])]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")

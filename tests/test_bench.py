@@ -165,10 +165,11 @@ def test_report_aggregates_over_seeds_and_writes_tables(bench, tracking_uri, tmp
     failed = board[board.distiller == "crashes"].iloc[0]
     assert failed.seeds == 0 and failed.failed == 2
     assert "tiny-mlp/distilled" in set(board[board.distiller == "means"].recipe)
+    assert set(board.protocol) == {"3 ep x 2", "learned steps x 2"}
     md, csv = write_report(board, tmp_path / "out", "tiny-bench", "harness report --experiment tiny-bench")
     text = md.read_text()
     assert "harness report --experiment tiny-bench" in text and "FAILED" in text and "means" in text
-    assert csv.read_text().splitlines()[0].startswith("dataset,base_dataset,arch,budget,recipe,distiller")
+    assert csv.read_text().splitlines()[0].startswith("dataset,base_dataset,arch,budget,recipe,protocol,distiller")
 
 
 def test_report_on_a_missing_experiment_is_a_clear_error(tracking_uri):
@@ -200,7 +201,7 @@ def test_cli_bench_then_report_on_the_quick_grid(tracking_uri, tmp_path):
                       cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr
     md = (tmp_path / "r" / "quick.md").read_text()
-    assert "| digits | mlp | ipc=1 | mlp/sgd | random |" in md and "| full |" in md
+    assert "| digits | mlp | ipc=1 | mlp/sgd | 2 ep x 1 | random |" in md and "| full |" in md
 
 
 def test_cli_default_store_is_sqlite_under_results(tmp_path, mlflow_template):
