@@ -74,8 +74,18 @@ class ClassMeans:
 @hookimpl
 def register_datasets(register):
     register(tiny_dataset())
+    register(harness.DatasetSpec("tiny-letters", 4, (1, 4, 4), modality="image", load=_tiny_letters,
+                                 description="4 other blobs in tiny's input space (a cross-dataset base)"))
     register(harness.DatasetSpec("tiny-text", 3, (4, 4), modality="text",
                                  load=_tiny_text, description="tiny, labelled as text"))
+
+
+def _tiny_letters(split, data_dir):
+    import torch
+
+    g = torch.Generator().manual_seed(7 if split == "train" else 8)
+    y = torch.arange(4).repeat_interleave(10)
+    return torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(3))[y] + 0.3 * torch.randn(40, 1, 4, 4, generator=g), y
 
 
 def _tiny_text(split, data_dir):

@@ -289,3 +289,23 @@ def test_an_architecture_that_cannot_take_the_input_fails_before_compute(tiny_pl
         run_bench(grid, tiny_plugins, tracking_uri=tracking_uri, data_dir=tmp_path)
     tracker = Tracker(tracking_uri)
     assert tracker.experiment_id("grid", create=False) is None  # nothing was created or run
+
+
+def test_cross_dataset_label_distillation_end_to_end(bench, tracking_uri, tmp_path):
+    """LD with base examples from another dataset: inputs from the base, labels in the target's space."""
+    doc = {"name": "tiny-bench", "device": "cpu",
+           "grid": [{"distiller": ["ld"], "dataset": ["tiny"], "base_dataset": ["tiny-letters"],
+                     "arch": ["tiny-mlp"], "ipc": [2]}],
+           "eval": {"models": 1, "epochs": 2}, "distillers": {"ld": {"outer_steps": 3}}}
+    grid, outcome = bench(doc)
+    assert outcome.passed == 1, outcome
+    tracker, [run] = children(tracking_uri)
+    assert run.info.run_name == "ld/tiny-letters->tiny/tiny-mlp/ipc2/seed0"
+    assert run.data.params["base_dataset"] == "tiny-letters" and run.data.params["dataset"] == "tiny"
+    dset = DistilledSet.load(tracker.client.download_artifacts(run.info.run_id, "distilled.safetensors", str(tmp_path)))
+    assert dset.y.shape == (6, 3)  # target label space: tiny's 3 classes
+    from plugins_for_tests import _tiny_letters
+
+    base_x, _ = _tiny_letters("train", None)
+    assert all(((base_x == xi).flatten(1).all(1)).any() for xi in dset.x)  # every input is a base example
+    assert dset.meta["base_dataset"] == "tiny-letters"
