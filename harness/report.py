@@ -125,6 +125,10 @@ def write_report(board: Any, out_dir: str | Path, experiment: str, command: str)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md, csv = out / f"{experiment}.md", out / f"{experiment}.csv"
-    md.write_text(to_markdown(board, f"Leaderboard: {experiment}", command), encoding="utf-8")
+    text = to_markdown(board, f"Leaderboard: {experiment}", command)
+    notes = out / f"{experiment}.notes.md"  # hand-written commentary kept across regenerations
+    if notes.is_file():
+        text += f"\n<!-- from {notes.name}, appended by harness report -->\n\n" + notes.read_text(encoding="utf-8")
+    md.write_text(text, encoding="utf-8")
     board.to_csv(csv, index=False, float_format="%.4f")
     return md, csv

@@ -170,6 +170,9 @@ def test_report_aggregates_over_seeds_and_writes_tables(bench, tracking_uri, tmp
     text = md.read_text()
     assert "harness report --experiment tiny-bench" in text and "FAILED" in text and "means" in text
     assert csv.read_text().splitlines()[0].startswith("dataset,base_dataset,arch,budget,recipe,protocol,distiller")
+    (tmp_path / "out" / "tiny-bench.notes.md").write_text("## What the papers claim\n")
+    md, _ = write_report(board, tmp_path / "out", "tiny-bench", "harness report --experiment tiny-bench")
+    assert md.read_text().endswith("## What the papers claim\n") and "| means |" in md.read_text()
 
 
 def test_report_on_a_missing_experiment_is_a_clear_error(tracking_uri):
