@@ -68,8 +68,8 @@ def run_trial(trial: Trial, ctx: TrialContext) -> TrialResult:
         dset, measure = _distill(trial, ctx, result)
         result.metrics["distill_seconds"] = measure.seconds
         result.metrics["n_distilled"] = float(dset.n)
-        _evaluate_all(trial, ctx, dset, result)
-        result.metrics["peak_mem_mb"] = max(measure.peak_mb, result.metrics.pop("_eval_peak_mb", 0.0))
+        eval_peak_mb = _evaluate_all(trial, ctx, dset, result)
+        result.metrics["peak_mem_mb"] = max(measure.peak_mb, eval_peak_mb)
         bad = [k for k, v in result.metrics.items() if not math.isfinite(v)]
         if bad:
             raise TrialError(f"non-finite metrics: {', '.join(bad)}")
@@ -128,7 +128,8 @@ def _distill(trial: Trial, ctx: TrialContext, result: TrialResult):
     return dset, measure
 
 
-def _evaluate_all(trial: Trial, ctx: TrialContext, dset: Any, result: TrialResult) -> None:
+def _evaluate_all(trial: Trial, ctx: TrialContext, dset: Any, result: TrialResult) -> float:
+    """Evaluate every recipe into ``result.metrics``; returns the peak memory (MB) while doing so."""
     from .evaluate import evaluate
     from .measure import Measure
 
@@ -153,7 +154,7 @@ def _evaluate_all(trial: Trial, ctx: TrialContext, dset: Any, result: TrialResul
                 if i == 0:
                     result.metrics[k] = v
     result.metrics["eval_seconds"] = eval_seconds
-    result.metrics["_eval_peak_mb"] = measure.peak_mb
+    return measure.peak_mb
 
 
 def _random_baseline(trial: Trial, recipe: Recipe, ctx: TrialContext, dset: Any, ev: Any):
