@@ -115,21 +115,23 @@ def test_text_grid_end_to_end(tmp_path, tracking_uri):
 
     doc = {
         "name": "text-tiny", "device": "cpu",
-        "grid": [{"distiller": ["random", "sldd", "ld", "dm"], "dataset": ["rotten-tomatoes"],
-                  "arch": ["textcnn"], "ipc": [2]}],
+        "grid": [{"distiller": ["random", "full", "sldd", "dd", "ld", "ld-rr", "dm"],
+                  "dataset": ["rotten-tomatoes"], "arch": ["textcnn"], "ipc": [2]}],
         "eval": {"models": 1, "epochs": 1, "test_size": 200},
         "distillers": {"sldd": {"outer_steps": 2, "steps": 1, "epochs": 1, "batch_size": 64},
+                       "dd": {"outer_steps": 2, "steps": 1, "epochs": 1, "batch_size": 64},
                        "ld": {"outer_steps": 2, "target_batch": 64},
+                       "ld-rr": {"outer_steps": 2, "target_batch": 64},
                        "dm": {"iterations": 1, "batch_real": 16}},
     }
     plugins = load_plugins()
     grid = build_grid(doc, plugins, source="text-tiny.toml")
     outcome = run_bench(grid, plugins, tracking_uri=tracking_uri, data_dir=tmp_path)
-    assert (outcome.passed, outcome.failed) == (4, 0), outcome
+    assert (outcome.passed, outcome.failed) == (7, 0), outcome  # every distiller runs unchanged on text
     tracker = Tracker(tracking_uri)
     runs = tracker.trial_runs(tracker.experiment_id("text-tiny", create=False))
     by_distiller = {r.data.params["distiller"]: r for r in runs}
-    assert set(by_distiller) == {"random", "sldd", "ld", "dm"}
+    assert set(by_distiller) == {"random", "full", "sldd", "dd", "ld", "ld-rr", "dm"}
     for r in runs:
         assert 0.0 <= r.data.metrics["acc_mean"] <= 1.0
     sldd = by_distiller["sldd"].info.run_id
