@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .init import init_model
 from .specs import DistilledSet
 from .trial import Recipe, derive_seed
 
@@ -127,7 +128,7 @@ def evaluate(dset: DistilledSet, recipe: Recipe, build_model: Callable[[], nn.Mo
         model_seed = derive_seed(seed, "eval-model", recipe.arch, k)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(model_seed)
-            model = build_model()
+            model = init_model(build_model(), recipe.model_init)
         if recipe.init == "known":
             model.load_state_dict(init_state)
         model = model.to(device)

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, HarnessError
+from .init import INIT_SCHEMES, distill_init
 from .specs import capabilities_of, carries_init
 from .trial import AUGMENTS, DEFAULT_LR, INITS, OPTIMIZERS, Recipe, Trial
 
 TOP_KEYS = {"name", "seeds", "device", "executor", "grid", "eval", "distillers"}
 AXES = {"distiller", "dataset", "base_dataset", "arch", "ipc", "n"}
-EVAL_KEYS = {"archs", "optimizers", "models", "epochs", "lr", "batch_size", "init", "augment", "momentum", "weight_decay", "test_size"}
+EVAL_KEYS = {"archs", "optimizers", "models", "epochs", "lr", "batch_size", "init", "augment", "momentum", "weight_decay", "test_size",
+             "model_init"}
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -277,6 +279,8 @@ def _parse_eval(where: str, eval_doc: dict, plugins: Any) -> tuple[list, list, f
         init=_choice(f"{where}.init", eval_doc.get("init", "random"), INITS),
         augment=_choice(f"{where}.augment", eval_doc.get("augment", "none"), AUGMENTS),
         test_size=_scalar(f"{where}.test_size", eval_doc.get("test_size", 0), int, 0),
+        model_init=_choice(f"{where}.model_init", eval_doc.get("model_init", "distiller"),
+                           ("distiller", *INIT_SCHEMES)),
     )
     lr = eval_doc.get("lr")
     if lr is not None:
@@ -346,6 +350,12 @@ def _make_trial(plugins, tw, d, ds, b, a, budget_key, budget, seed, configs, eva
             check(config, n, spec.num_classes)
         except ValueError as exc:
             raise ConfigError(f"{tw}: distiller '{d}': {exc}") from None
+    # "distiller": evaluation models get the init the set was distilled with (recorded resolved)
+    try:
+        model_init = distill_init(config) if common["model_init"] == "distiller" else common["model_init"]
+    except ValueError as exc:
+        raise ConfigError(f"{tw}: distiller '{d}': {exc}") from None
+    common = {**common, "model_init": model_init}
     recipes = []
     for ea in eval_archs:
         eval_arch = a if ea == "same" else ea

@@ -39,6 +39,7 @@ def runs_frame(tracker: Any, experiment: str, keys: set[str] | None = None) -> A
         row["recipes"] = p.get("eval.recipes", "")
         row["eval_epochs"], row["eval_models"] = p.get("eval.epochs", "?"), p.get("eval.models", "?")
         row["eval_test_size"] = p.get("eval.test_size", "0")
+        row["init"] = _inits(p.get("cfg.model_init", "default"), p.get("eval.model_init", "default"))
         row.update(seed=int(p.get("seed", 0)), status=run.info.status, error=run.data.tags.get("error", ""),
                    trial_key=run.data.tags.get("trial_key"), run_id=run.info.run_id)
         row.update(run.data.metrics)
@@ -56,12 +57,13 @@ def leaderboard(frame: Any) -> Any:
         base = {k: row[k] for k in ("distiller", "dataset", "base_dataset", "arch", "budget", "seed")}
         epochs, models = row.get("eval_epochs", "?"), row.get("eval_models", "?")
         test_size = row.get("eval_test_size", "0")
+        init = row.get("init", "init default")
         if row["status"] != "FINISHED" or not labels:  # counted as failed under each planned recipe
             for label in (row.get("recipes") or "-").split(","):
-                records.append({**base, "recipe": label, "protocol": _protocol(label, epochs, models, test_size), "failed": 1})
+                records.append({**base, "recipe": label, "protocol": _protocol(label, epochs, models, test_size, init), "failed": 1})
             continue
         for label in labels:
-            records.append({**base, "recipe": label, "protocol": _protocol(label, epochs, models, test_size), "failed": 0,
+            records.append({**base, "recipe": label, "protocol": _protocol(label, epochs, models, test_size, init), "failed": 0,
                             "acc": 100 * row[f"acc_mean/{label}"],
                             "acc_random": 100 * row.get(f"acc_random/{label}", float("nan")),
                             "gain": 100 * row.get(f"gain/{label}", float("nan")),
@@ -85,11 +87,22 @@ def leaderboard(frame: Any) -> Any:
     return board.reset_index(drop=True)
 
 
-def _protocol(label: str, epochs: Any, models: Any, test_size: Any = "0") -> str:
-    """How each model was trained: epochs x models, or the set's learned steps x models; and the
-    test subset when not the whole test split."""
+def _protocol(label: str, epochs: Any, models: Any, test_size: Any = "0", init: str = "") -> str:
+    """How each model was trained: epochs x models, or the set's learned steps x models; the
+    model inits; and the test subset when not the whole test split."""
     trained = f"learned steps x {models}" if "/distilled" in label else f"{epochs} ep x {models}"
+    if init:
+        trained = f"{trained}, {init}"
     return trained if str(test_size) in ("0", "", "nan", "None") else f"{trained}, test {test_size}"
+
+
+def _inits(distill: Any, evaluation: Any) -> str:
+    """The model inits (harness.init) as the protocol column shows them: one name when distillation
+    and evaluation share it, else both. A distiller without a ``model_init`` field (logged "-") and
+    runs logged before inits were recorded read "default"."""
+    distill = "default" if distill in (None, "", "-") else str(distill)
+    evaluation = "default" if evaluation in (None, "", "-") else str(evaluation)
+    return f"init {distill}" if distill == evaluation else f"init {distill}, eval init {evaluation}"
 
 
 def _budget_order(budget: str) -> tuple:
@@ -107,7 +120,8 @@ def to_markdown(board: Any, title: str, command: str) -> str:
     lines = [f"# {title}", "", f"Regenerate: `{command}`", "",
              "Accuracy in % (mean ± std over seeds); `gain` = accuracy − random real subset at the same "
              "budget and recipe. Recipe = eval arch / optimizer (/known-init, /dsa); protocol = epochs x models per "
-             "seed (or the set's learned step sizes x models).", ""]
+             "seed (or the set's learned step sizes x models) and the model init scheme used while distilling "
+             "and evaluating (`harness.init`: default = PyTorch's, xavier = xavier_normal with zero bias).", ""]
     header = ["dataset", "arch", "budget", "recipe", "protocol", "distiller", "acc", "random", "gain", "seeds",
               "distill s", "eval s"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -89,6 +89,7 @@ def run_trial(trial: Trial, ctx: TrialContext) -> TrialResult:
 def _distill(trial: Trial, ctx: TrialContext, result: TrialResult):
     import torch
 
+    from .init import distill_init, init_model
     from .measure import Measure
     from .specs import DistillTask
 
@@ -98,12 +99,14 @@ def _distill(trial: Trial, ctx: TrialContext, result: TrialResult):
     x, y = ctx.data.get(trial.dataset, "train")
     base = ctx.data.get(trial.base_dataset, "train") if trial.base_dataset != trial.dataset else None
     build = ctx.builder(trial.arch, trial.dataset)
+    scheme = distill_init(config)
     counter = iter(range(1 << 30))
 
     def make_model() -> torch.nn.Module:
+        """A fresh model of the distill arch, initialised with the Config's ``model_init``."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(trial.seed, "distill-model", next(counter)))
-            return build().to(ctx.device)
+            return init_model(build(), scheme).to(ctx.device)
 
     def log(step: int, **metrics: float) -> None:
         result.curves.append((int(step), {k: float(v) for k, v in metrics.items()}))

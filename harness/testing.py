@@ -56,8 +56,11 @@ def make_task(distiller: type, ipc: int | None = 2, n: int | None = None, seed: 
     """A :class:`DistillTask` on the tiny dataset (CPU), with ``config`` overriding Config fields."""
     import torch
 
+    from .init import distill_init, init_model
     from .trial import derive_seed
 
+    cfg = distiller.Config(**config)
+    scheme = distill_init(cfg)
     x, y = _tiny_load("train", None)
     if n is None:
         n = ipc * TINY_CLASSES
@@ -68,12 +71,12 @@ def make_task(distiller: type, ipc: int | None = 2, n: int | None = None, seed: 
     def make_model():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, "distill-model", next(counter)))
-            return _build_tiny(TINY_SHAPE, TINY_CLASSES)
+            return init_model(_build_tiny(TINY_SHAPE, TINY_CLASSES), scheme)
 
     torch.manual_seed(derive_seed(seed, "global"))
     return DistillTask(
         x=x, y=y, num_classes=TINY_CLASSES, ipc=ipc, n=n,
-        make_model=make_model, config=distiller.Config(**config), device=torch.device("cpu"),
+        make_model=make_model, config=cfg, device=torch.device("cpu"),
         generator=torch.Generator().manual_seed(derive_seed(seed, "distill")),
         base=_tiny_load("train", None, per_class=10) if base else None, dataset="tiny", seed=seed,
     )

@@ -22,6 +22,9 @@ class Recipe:
     ``init="known"`` starts from the init the set was distilled for (SLDD's "fixed init").
     ``test_size`` > 0 tests on a fixed class-stratified subset of that many test examples, the same
     for every trial and recipe (a stated CPU scaling; the protocol's default is the whole split).
+    ``model_init`` is the init scheme of the fresh models (:mod:`harness.init`); the grid resolves
+    its default, "distiller", to the distiller's own ``model_init`` so random-init evaluation draws
+    from the distribution the set was distilled for.
     """
 
     arch: str
@@ -35,6 +38,7 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     test_size: int = 0  # 0: the whole test split; else a fixed class-stratified subset (CPU grids)
+    model_init: str = "default"  # init scheme of evaluation models: default | xavier | kaiming
 
     @property
     def label(self) -> str:

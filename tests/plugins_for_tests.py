@@ -50,6 +50,7 @@ class ClassMeans:
         smoothing: float = 0.0  # label smoothing of the one-hot labels
         steps: int = 3  # number of learned step sizes
         lr: float = 0.1  # their value
+        model_init: str = "default"  # init scheme of task.make_model() (harness.init)
 
         def __post_init__(self):
             if not 0.0 <= self.smoothing < 1.0:

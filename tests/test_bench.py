@@ -165,7 +165,7 @@ def test_report_aggregates_over_seeds_and_writes_tables(bench, tracking_uri, tmp
     failed = board[board.distiller == "crashes"].iloc[0]
     assert failed.seeds == 0 and failed.failed == 2
     assert "tiny-mlp/distilled" in set(board[board.distiller == "means"].recipe)
-    assert set(board.protocol) == {"3 ep x 2", "learned steps x 2"}
+    assert set(board.protocol) == {"3 ep x 2, init default", "learned steps x 2, init default"}
     md, csv = write_report(board, tmp_path / "out", "tiny-bench", "harness report --experiment tiny-bench")
     text = md.read_text()
     assert "harness report --experiment tiny-bench" in text and "FAILED" in text and "means" in text
@@ -204,7 +204,7 @@ def test_cli_bench_then_report_on_the_quick_grid(tracking_uri, tmp_path):
                       cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr
     md = (tmp_path / "r" / "quick.md").read_text()
-    assert "| digits | mlp | ipc=1 | mlp/sgd | 2 ep x 1 | random |" in md and "| full |" in md
+    assert "| digits | mlp | ipc=1 | mlp/sgd | 2 ep x 1, init default | random |" in md and "| full |" in md
     # --grid: only the trials the grid (with the same overrides) defines; none for other overrides
     rep = harness_cli("report", "--grid", str(grid), *args[:8], "--tracking-uri", tracking_uri,
                       "--out", str(tmp_path / "g"), cwd=tmp_path)
@@ -357,7 +357,7 @@ def test_report_protocol_names_a_test_subset_and_dsa(bench, tracking_uri):
     doc["grid"][0]["distiller"] = ["random"]
     bench(doc)
     board = leaderboard(runs_frame(Tracker(tracking_uri), "tiny-bench"))
-    assert set(board.protocol) == {"3 ep x 2, test 30"}
+    assert set(board.protocol) == {"3 ep x 2, init default, test 30"}
     assert set(board.recipe) == {"tiny-mlp/sgd/dsa"}
 
 

@@ -320,9 +320,9 @@ def means_config(tiny_plugins, **overrides) -> dict:
 
 
 def test_config_defaults_and_overrides(tiny_plugins):
-    assert means_config(tiny_plugins) == {"smoothing": 0.0, "steps": 3, "lr": 0.1}
+    assert means_config(tiny_plugins) == {"smoothing": 0.0, "steps": 3, "lr": 0.1, "model_init": "default"}
     cfg = means_config(tiny_plugins, smoothing=0.2, steps=5)
-    assert cfg == {"smoothing": 0.2, "steps": 5, "lr": 0.1}
+    assert cfg == {"smoothing": 0.2, "steps": 5, "lr": 0.1, "model_init": "default"}
     cfg = means_config(tiny_plugins, lr=1)  # TOML int widened to the float field
     assert cfg["lr"] == 1.0 and isinstance(cfg["lr"], float)
 
@@ -597,11 +597,12 @@ def test_labels_and_params(tiny_plugins):
         "distiller": "random", "dataset": "digits", "base_dataset": "digits", "arch": "mlp", "ipc": 2, "n": 20,
         "seed": 1, "budget": "ipc=2", "eval.arch": "mlp", "eval.optimizer": "sgd", "eval.epochs": 300,
         "eval.lr": 0.01, "eval.batch_size": 256, "eval.models": 5, "eval.init": "random", "eval.augment": "none",
-        "eval.momentum": 0.9, "eval.weight_decay": 5e-4, "eval.test_size": 0, "eval.recipes": "mlp/sgd",
+        "eval.momentum": 0.9, "eval.weight_decay": 5e-4, "eval.test_size": 0, "eval.model_init": "default",
+        "eval.recipes": "mlp/sgd",
     }
     means = next(t.params() for t in trials if t.distiller == "means")
     assert means["eval.recipes"] == "tiny-mlp/sgd,tiny-mlp/distilled"
-    assert {k for k in means if k.startswith("cfg.")} == {"cfg.smoothing", "cfg.steps", "cfg.lr"}
+    assert {k for k in means if k.startswith("cfg.")} == {"cfg.smoothing", "cfg.steps", "cfg.lr", "cfg.model_init"}
     # within one distiller, the keys are identical (MLflow's compare view lines them up)
     for name in ("random", "full", "means"):
         assert len({frozenset(t.params()) for t in trials if t.distiller == name}) == 1
@@ -619,8 +620,8 @@ def test_per_table_eval_and_config_override_the_top_level(tiny_plugins):
     first = [t for t in trials if t.distiller == "means" and t.recipes[0].init == "random"]
     known = [t for t in trials if t.recipes[0].init == "known"]
     assert len(first) == 1 and len(known) == 1 and len(trials) == 3
-    assert dict(first[0].config) == {"smoothing": 0.2, "steps": 3, "lr": 0.1}
-    assert dict(known[0].config) == {"smoothing": 0.2, "steps": 5, "lr": 0.1}  # merged key by key
+    assert dict(first[0].config) == {"smoothing": 0.2, "steps": 3, "lr": 0.1, "model_init": "default"}
+    assert dict(known[0].config) == {"smoothing": 0.2, "steps": 5, "lr": 0.1, "model_init": "default"}  # merged key by key
     assert [r.label for r in known[0].recipes] == ["tiny-mlp/distilled/known-init"]
     assert known[0].recipes[0].epochs == 7 and known[0].key != first[0].key
 
