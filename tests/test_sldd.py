@@ -1,8 +1,10 @@
 """SLDD and DD (plugins/harness-distillers): mechanics on the tiny task, not accuracy.
 
 Accuracy claims live in the committed results; here: the contract, gradients reaching what is
-learned, labels on the simplex, shapes, determinism, the init, Config errors, the outer-step
-schedule, and that the "distilled" evaluation recipe replays exactly the distill-time inner loop.
+learned, labels (unconstrained by default, as in the code; on the simplex as an option), shapes,
+determinism, the init, Config errors, the outer-step schedule (decay points a fraction of the run by
+default), and that the "distilled" evaluation recipe replays exactly the distill-time inner loop.
+Agreement with the authors' code itself: tests/golden/test_sldd_dd.py.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from harness.specs import DistilledSet
 from harness.testing import TINY_CLASSES, TINY_SHAPE, _build_tiny, _tiny_load, check_distiller, make_task
 from harness.trial import Recipe
 from harness_distillers.dd import DD
-from harness_distillers.sldd import SLDD, initial_labels, outer_lr_at, project_to_simplex, unroll
+from harness_distillers.sldd import (SLDD, decay_interval, initial_labels, outer_lr_at, project_to_simplex,
+                                     raw_lr_init, unroll)
 
 CPU = torch.device("cpu")
 SMALL = dict(outer_steps=3, steps=2, epochs=1)
@@ -101,15 +104,18 @@ def test_the_outer_gradient_flows_through_every_unrolled_step():
 
 # -- labels ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("label_init", ["onehot", "smoothed", "uniform", "random"])
-def test_label_rows_are_distributions(label_init):
-    out, _ = run(SLDD, label_init=label_init, outer_lr=0.3, outer_steps=4)  # big steps leave the simplex
+def test_simplex_constraint_keeps_label_rows_distributions(label_init):
+    # label_constraint="simplex" is an option since the code's unconstrained labels became the default
+    out, _ = run(SLDD, label_init=label_init, label_constraint="simplex", outer_lr=0.3, outer_steps=4)
     assert (out.y >= 0).all()
     assert torch.allclose(out.y.sum(1), torch.ones(6), atol=1e-6)
 
 
-def test_unconstrained_labels_are_the_code_s_raw_labels():
-    out, _ = run(SLDD, label_constraint="none", outer_lr=0.3, outer_steps=4)
+def test_unconstrained_labels_are_the_code_s_raw_labels_and_the_default():
+    out, _ = run(SLDD, outer_lr=0.3, outer_steps=4)  # big steps leave the simplex
+    assert out.meta["label_constraint"] == "none"
     assert not torch.allclose(out.y.sum(1), torch.ones(6), atol=1e-3)
+    assert (out.y < 0).any()
 
 
 def test_project_to_simplex():
@@ -141,7 +147,7 @@ def test_sldd_with_fewer_examples_than_classes():
     out, _ = run(SLDD, ipc=None, n=2, steps=1, epochs=3)
     assert out.x.shape == (2, *TINY_SHAPE) and out.y.shape == (2, TINY_CLASSES)
     assert out.lrs.shape == (3,) and (out.lrs > 0).all()
-    assert torch.allclose(out.y.sum(1), torch.ones(2), atol=1e-6)
+    assert out.y.argmax(1).tolist() == [0, 1]  # classes 0 .. n-1, the code's --num_distill_classes n
 
 
 def test_dd_refuses_fewer_examples_than_classes():
@@ -198,6 +204,21 @@ def test_init_state_iff_fixed_and_equal_to_the_init_used(init):
     assert out.meta["init"] == init
 
 
+def test_known_init_is_the_configs_model_init_xavier_by_default():
+    out, _ = run(SLDD, init="fixed")
+    biases = [v for k, v in out.init_state.items() if k.endswith("bias")]
+    assert biases and all(torch.equal(b, torch.zeros_like(b)) for b in biases)  # xavier: zero bias
+    out, _ = run(SLDD, init="fixed", model_init="default")
+    assert any((v != 0).any() for k, v in out.init_state.items() if k.endswith("bias"))
+
+
+def test_step_sizes_start_at_lr_init_through_softplus():
+    raw = raw_lr_init(0.02, 4)
+    assert raw.shape == (4,) and torch.allclose(F.softplus(raw), torch.full((4,), 0.02))
+    out, _ = run(SLDD, outer_steps=1, lr_init=0.05)
+    assert torch.allclose(out.lrs, torch.full((2,), 0.05), atol=0.01)
+
+
 # -- Config ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value, message", [
     ("steps", 0, "steps must be an int >= 1"),
@@ -208,6 +229,7 @@ def test_init_state_iff_fixed_and_equal_to_the_init_used(init):
     ("betas", (0.5, 1.0), "betas must be two numbers in"),
     ("decay_factor", 1.5, "decay_factor must be in"),
     ("decay_every", 0, "decay_every must be an int >= 1"),
+    ("model_init", "glorot", "model_init must be one of default, xavier, kaiming"),
     ("outer_steps", 0, "outer_steps must be an int >= 1"),
     ("batch_size", True, "batch_size must be an int >= 1"),
     ("label_init", "zeros", "label_init must be one of"),
@@ -218,12 +240,16 @@ def test_bad_config_values_raise_a_clear_value_error(field, value, message):
         SLDD.Config(**{field: value})
 
 
-def test_defaults_are_the_papers():
+def test_defaults_are_the_codes():
+    # changed with the golden tests: labels unconstrained (the SLDD code's), decay every tenth of the
+    # run (the code's 40 of 400 epochs), xavier model init (the codes' --init xavier)
     cfg = SLDD.Config()
-    assert (cfg.steps, cfg.epochs, cfg.init) == (10, 3, "random")
+    assert (cfg.steps, cfg.epochs, cfg.init, cfg.model_init) == (10, 3, "random", "xavier")
     assert (cfg.lr_init, cfg.outer_lr, cfg.betas) == (0.02, 0.01, (0.5, 0.999))
-    assert (cfg.decay_factor, cfg.decay_every, cfg.outer_steps, cfg.batch_size) == (0.5, 2360, 23600, 1024)
-    assert (cfg.label_init, cfg.label_constraint) == ("onehot", "simplex")
+    assert (cfg.decay_factor, cfg.decay_every, cfg.outer_steps, cfg.batch_size) == (0.5, None, 23600, 1024)
+    assert decay_interval(cfg) == 2360
+    assert (cfg.label_init, cfg.label_constraint) == ("onehot", "none")
+    assert DD.Config().model_init == "xavier" and DD.Config().decay_every is None
     assert {f.name for f in dataclasses.fields(DD.Config)} == {f.name for f in dataclasses.fields(SLDD.Config)} - {
         "label_init", "label_constraint"}
 
@@ -240,6 +266,22 @@ def test_decay_schedule_counts_outer_steps():
     assert [m["outer_lr"] for _, m in logged] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025])
     assert all(math.isfinite(m["loss"]) and m["lr_mean"] > 0 for _, m in logged)
     assert outer_lr_at(SLDD.Config(), 2359) == 0.01 and outer_lr_at(SLDD.Config(), 2360) == 0.005
+
+
+def test_decay_points_are_a_tenth_of_the_run_by_default():
+    """The code halves its lr every 40 of 400 epochs: by default every outer_steps // 10 steps, so
+    a scaled-down run decays as the paper's does (9 halvings inside the run), only sooner."""
+    cfg = SLDD.Config(outer_steps=600)
+    lrs = [outer_lr_at(cfg, s) for s in range(600)]
+    assert decay_interval(cfg) == 60 and lrs[59] == 0.01 and lrs[60] == 0.005
+    assert lrs[-1] == pytest.approx(0.01 * 0.5**9) and len(set(lrs)) == 10
+    assert decay_interval(SLDD.Config(outer_steps=5)) == 1  # never zero
+    assert decay_interval(SLDD.Config(outer_steps=600, decay_every=100)) == 100  # absolute still possible
+    task = make_task(SLDD, ipc=2, **{**SMALL, "outer_steps": 20})
+    logged = []
+    task._log = lambda step, **m: logged.append(m["outer_lr"])
+    SLDD().distill(task)
+    assert logged == pytest.approx([0.01 * 0.5 ** (s // 2) for s in range(20)])
 
 
 def test_stops_at_the_deadline_and_returns_the_current_set():

@@ -8,16 +8,18 @@ Distillation code of Wang et al. 2018 (github.com/SsnL/dataset-distillation). Th
             T = steps x epochs unrolled gradient-descent steps
     init  : x~ ~ N(0, I)                     synthetic inputs          [n, *input_shape]
             y~ = one-hot(i mod C)             soft labels (learned)     [n, C]
-            eta~_i = softplus^-1(0.02)        raw step sizes            [T]
-    for t = 0 .. outer_steps - 1:
-        theta_0 <- a fresh random init           ("unknown init", init="random")
+            eta~_i = softplus^-1(lr_init)     raw step sizes            [T]
+    for t = 0 .. outer_steps - 1:                                        (SLDD.distill)
+        theta_0 <- a fresh init of `model_init` ("unknown init", init="random")
                 or the one fixed init            ("known init",   init="fixed")
+        (x_r, y_r) <- the next real minibatch of `batch_size` examples
+        --- one outer step ------------------------------------------- (SLDD.outer_step)
         for i = 0 .. T - 1:                       (create_graph: differentiable in x~, y~, eta~)
             b = i mod steps
             theta_{i+1} = theta_i - softplus(eta~_i) * grad_theta CE_soft(f(x~_b; theta_i), y~_b)
-        L = CE(f(x_r; theta_T), y_r)              on a real minibatch of `batch_size` examples
+        L = CE(f(x_r; theta_T), y_r)
         (x~, y~, eta~) <- Adam(x~, y~, eta~; grad L)   lr = outer_lr * decay_factor^(t // decay_every)
-        y~ <- project each row onto the probability simplex      (label_constraint="simplex")
+        [y~ <- rows projected onto the probability simplex           (label_constraint="simplex")]
     return x~, y~, softplus(eta~) in replay order, and theta_0 when the init is fixed
 
 Evaluation with the "distilled" recipe (``harness.evaluate._replay_learned_steps``) replays exactly
@@ -25,43 +27,54 @@ the inner loop above: plain GD, step i on batch ``i mod meta["steps"]`` with the
 ``lrs[i]`` and the same soft-label cross-entropy (``harness.evaluate.soft_cross_entropy``), from
 a fresh init (init="random") or from ``init_state`` ("known" init evaluation).
 
-Faithful to the code: Gaussian input init; per-step learning rates through softplus, initialised at
-``distill_lr``; Adam (lr 0.01, betas (0.5, 0.999)) with step decay x0.5; a real minibatch of 1024
-per outer step drawn epoch-wise without replacement (the code's shuffled DataLoader, last partial
-batch kept); inner loss = soft cross-entropy ``-(y * log_softmax(logits)).sum(1).mean()`` against
-the learned labels *as given* (the SLDD code's final ``task_loss``; one intermediate commit put a
-softmax in front, the released code does not); outer loss = hard-label cross-entropy; inner steps
-in train mode, outer loss in eval mode; one model per outer step (``n_nets = 1``).
+Checked against the code itself: ``tests/golden/test_sldd_dd.py`` runs :meth:`SLDD.outer_step`
+from states recorded by running the reference ``Trainer`` (SLDD at 2856332, DD at 24e6958; see
+``tests/golden/README-sldd-dd.md``) and matches its inputs, labels, step sizes and outer loss after
+1 and 3 outer steps to 1e-5 (float64). Faithful to the code: Gaussian input init; per-step learning
+rates through softplus, raw values initialised at ``log(expm1(distill_lr))``; one Adam (lr 0.01,
+betas (0.5, 0.999)) over inputs, labels and raw step sizes with step decay x0.5; a real minibatch
+of 1024 per outer step drawn epoch-wise without replacement (the code's shuffled DataLoader, last
+partial batch kept); inner loss = soft cross-entropy ``-(y * log_softmax(logits)).sum(1).mean()``
+against the learned labels *as given*, unconstrained (the SLDD code's ``task_loss`` =
+``cross_entropy_with_probs`` with ``--label_softmax`` off); outer loss = hard-label cross-entropy;
+inner steps in train mode, outer loss in eval mode; one model per outer step (``n_nets = 1``),
+re-initialised every step for unknown init, initialised once for known init; xavier-normal model
+init (``--init xavier``, applied by the harness from ``model_init``).
 
 Deviations, and why:
 
-- Labels are projected onto the probability simplex after every Adam step (``label_constraint =
-  "simplex"``, the default). The SLDD code leaves them unconstrained (rows can go negative or stop
-  summing to one); the harness contract is a distribution per row, and the evaluator applies the
-  same soft cross-entropy to ``y`` as given, so the projected labels are exactly the ones both the
-  inner loop and the evaluation train on. The gradient is the code's (labels enter the loss
-  linearly, no softmax); only the projection is added. ``label_constraint="none"`` is the code's
-  literal behaviour.
-- Schedules count outer steps (design.md section 6). The code counts epochs over the real training
-  set: ``epochs=400`` and ``decay_epochs=40`` on MNIST (60,000 images, batch 1,024, last partial
-  batch kept: ceil(60000/1024) = 59 iterations per epoch) are 23,600 outer steps with the lr halved
-  every 2,360 steps. Those are the defaults here, whatever the dataset's size; on a small training
-  set an epoch-based schedule would decay far too early.
-- The model init comes from ``task.make_model()`` (the architecture's own default init, seeded per
-  call), not the code's ``--init xavier``: "random" init evaluation draws from the architecture's
-  default init, so distilling for the same distribution is what makes unknown-init sets transfer.
+- Schedules count outer steps, and by default their shape is the code's at any budget (design.md
+  section 6): the code halves the Adam lr every ``decay_epochs=40`` of ``epochs=400`` epochs, so
+  ``decay_every=None`` means ``outer_steps // 10``; an absolute ``decay_every`` stays possible.
+  The code counts epochs over the real training set; on a small training set an epoch-based
+  schedule would decay far too early, and a scaled-down CPU run would never decay at all.
+  ``outer_steps`` defaults to 23,600 = 400 MNIST epochs x 59 iterations (60,000 / 1,024, last
+  partial batch kept). The lr of outer step t is ``outer_lr * decay_factor^(t // decay_every)``:
+  the first decay after 10% of the run, 9 halvings in all, as the code's ``StepLR`` under the
+  PyTorch of its time (0.4/1.0: decays at epochs 40, 80, ..., 360). Under PyTorch >= 1.1 the code's
+  ``scheduler.step()`` at the top of every epoch shifts each decay one epoch earlier (39, ..., 399);
+  that is an API change, not the authors' schedule.
 - ``n`` comes from the trial (``ipc x C`` or ``n``) and is cut into ``steps`` batches; the code
   instead derives ``n = distill_steps x images_per_class_per_step x num_distill_classes``. Example
-  i starts as class ``i mod C`` (balanced batches when the batch size is a multiple of C); for
-  ``n < C`` that is classes ``0 .. n-1``, the code's ``--num_distill_classes n --init_labels 0 .. n-1``.
+  i starts as class ``i mod C``. Wherever the code can express the configuration the labels are
+  identical (per-step batches of a multiple of C images: every step holds each class equally; and
+  ``n < C`` with ``steps=1``: classes ``0 .. n-1``, the code's ``--num_distill_classes n``). With
+  per-step batches of m < C images and several steps the code repeats classes ``0 .. m-1`` in every
+  step; here the steps cover successive classes (10 images, 2 steps, 10 classes: every class once).
+- ``label_constraint="simplex"`` (an option, not the default) projects the labels onto the
+  probability simplex after every Adam step. The code leaves them unconstrained: rows can go
+  negative or stop summing to one. The evaluator applies the same soft cross-entropy to ``y`` as
+  given, which is linear in the labels, so an unconstrained set replays exactly. Measured (design.md
+  section 6): the projection is among the changes that cost accuracy, hence not the default.
 - The paper's headline 10- and 5-image MNIST runs use ``distill_steps 1`` (the code README's
   known-init command); the default here is the code's ``distill_steps 10``, so set ``steps=1`` (or
   any divisor of n) for those budgets: n must be a multiple of ``steps``.
+- The real data are the trial's training set as the harness loads it (the harness's own
+  normalisation), not the code's ``torchvision`` pipeline.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,6 +86,7 @@ from torch.func import functional_call
 from harness import Capabilities, DistilledSet
 from harness.errors import TrialError
 from harness.evaluate import soft_cross_entropy
+from harness.init import check_init_scheme
 
 from .checks import check_choice, check_int, check_positive
 
@@ -92,27 +106,36 @@ class UnrolledGDConfig:
             steps, each with its own learned step size.
         init: ``--train_nets_type`` (``unknown_init``). "random": a fresh model init every outer step
             (the set must train any init of the architecture); "fixed": one init for the whole run
-            ("known init"), returned as ``init_state`` for known-init evaluation.
-        lr_init: ``--distill_lr`` (0.02, MNIST). Initial value of every learned step size
-            (softplus of a raw parameter initialised at softplus^-1(lr_init)).
+            ("known init", the code's ``known_init`` with ``--n_nets 1``: one model initialised once
+            and never reset), returned as ``init_state`` for known-init evaluation.
+        model_init: ``--init`` (``xavier``, with ``--init_param 1``): the init scheme of every model
+            init, one of :data:`harness.init.INIT_SCHEMES`; "xavier" = xavier_normal gain 1, zero
+            bias (the code's ``init_weights``). Applied by the harness: ``task.make_model()`` returns
+            models already initialised with it. "default" = the architecture's PyTorch init.
+        lr_init: ``--distill_lr`` (0.02, MNIST; the code uses 0.001 for CIFAR-10). Initial value of
+            every learned step size: softplus of a raw parameter initialised at
+            ``log(expm1(lr_init))``, as the code does.
         outer_lr: ``--lr`` (0.01). Adam learning rate for inputs, labels and raw step sizes.
         betas: Adam betas, hard-coded (0.5, 0.999) in the code's ``Trainer``.
         decay_factor: ``--decay_factor`` (0.5). Multiplies the Adam lr every ``decay_every`` outer steps.
-        decay_every: 2,360 outer steps = the code's ``--decay_epochs 40`` x 59 iterations per MNIST
-            epoch (60,000 / 1,024, last partial batch kept). Counted in outer steps, never epochs.
-        outer_steps: 23,600 = the code's ``--epochs 400`` x 59 iterations per MNIST epoch: the paper's
-            effective number of outer (Adam) steps. Grids on CPU scale it down explicitly.
+        decay_every: None (default): ``max(1, outer_steps // 10)``, the code's ``--decay_epochs 40``
+            of ``--epochs 400``, so the schedule has the code's shape at any budget (2,360 at the
+            default ``outer_steps``). An int: an absolute number of outer steps. Never epochs.
+        outer_steps: 23,600 = the code's ``--epochs 400`` x 59 iterations per MNIST epoch (60,000 /
+            1,024, last partial batch kept): the paper's number of outer (Adam) steps. Grids on CPU
+            scale it down explicitly; the decay points scale with it.
         batch_size: ``--batch_size`` (1024). Real examples per outer step (capped by the training set).
     """
 
     steps: int = 10
     epochs: int = 3
     init: Literal["random", "fixed"] = "random"
+    model_init: str = "xavier"
     lr_init: float = 0.02
     outer_lr: float = 0.01
     betas: tuple[float, float] = (0.5, 0.999)
     decay_factor: float = 0.5
-    decay_every: int = 2360
+    decay_every: int | None = None
     outer_steps: int = 23600
     batch_size: int = 1024
 
@@ -120,6 +143,7 @@ class UnrolledGDConfig:
         check_int("steps", self.steps, 1)
         check_int("epochs", self.epochs, 1)
         check_choice("init", self.init, ("random", "fixed"))
+        check_init_scheme(self.model_init, "model_init")
         check_positive("lr_init", self.lr_init)
         check_positive("outer_lr", self.outer_lr)
         betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else None
@@ -131,14 +155,27 @@ class UnrolledGDConfig:
         if isinstance(self.decay_factor, bool) or not isinstance(self.decay_factor, (int, float)) \
                 or not 0.0 < self.decay_factor <= 1.0:
             raise ValueError(f"decay_factor must be in (0, 1], got {self.decay_factor!r}")
-        check_int("decay_every", self.decay_every, 1)
+        if self.decay_every is not None:
+            check_int("decay_every", self.decay_every, 1)
         check_int("outer_steps", self.outer_steps, 1)
         check_int("batch_size", self.batch_size, 1)
 
 
+def decay_interval(config: UnrolledGDConfig) -> int:
+    """Outer steps between two lr decays: ``decay_every``, or a tenth of the run when it is None."""
+    return config.decay_every if config.decay_every is not None else max(1, config.outer_steps // 10)
+
+
 def outer_lr_at(config: UnrolledGDConfig, step: int) -> float:
     """The Adam learning rate at outer step ``step`` (0-based): step decay counted in outer steps."""
-    return config.outer_lr * config.decay_factor ** (step // config.decay_every)
+    return config.outer_lr * config.decay_factor ** (step // decay_interval(config))
+
+
+def raw_lr_init(lr_init: float, count: int, device: torch.device | str = "cpu",
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``count`` raw step sizes with ``softplus(raw) = lr_init``: ``log(expm1(lr_init))``, the code's
+    "undo the softplus" init (computed in the tensor's dtype, as the code does)."""
+    return torch.full((count,), float(lr_init), device=device, dtype=dtype).expm1_().log_()
 
 
 # -- the inner loop: unrolled gradient descent ----------------------------------------------------
@@ -243,6 +280,28 @@ def target_batches(n_real: int, batch_size: int, generator: torch.Generator):
             yield order[i : i + batch_size]
 
 
+# -- what is learned -------------------------------------------------------------------------------
+
+
+class Synthetic:
+    """The learned state of a run: inputs ``x``, the labels, raw step sizes, and their one Adam.
+
+    The code's ``Trainer.init_data_optim``: one ``Adam(lr=outer_lr, betas=betas)`` over every
+    learned tensor (its lr is set per outer step by :meth:`SLDD.outer_step`)."""
+
+    def __init__(self, x: torch.Tensor, labels: LearnedLabels | FixedLabels, raw_lrs: torch.Tensor,
+                 outer_lr: float, betas: tuple[float, float]):
+        self.x = x.requires_grad_(True)
+        self.labels = labels
+        self.raw_lrs = raw_lrs.requires_grad_(True)
+        self.learned = [self.x, *labels.params, self.raw_lrs]
+        self.opt = torch.optim.Adam(self.learned, lr=outer_lr, betas=betas)
+
+    def lrs(self) -> torch.Tensor:
+        """The step sizes in replay order: ``softplus(raw)``."""
+        return F.softplus(self.raw_lrs)
+
+
 # -- the distiller ---------------------------------------------------------------------------------
 
 
@@ -271,26 +330,32 @@ class SLDD:
         :class:`UnrolledGDConfig`) plus the soft labels of the SLDD fork.
 
         Attributes:
-            label_init: ``--random_init_labels`` (0: one-hot). "onehot" | "smoothed" (0.1) |
-                "uniform" (1/C) | "random" (U(0,1) entries). Example i starts as class i mod C.
-            label_constraint: "simplex" (default): labels are projected onto the probability simplex
-                after every Adam step, so every row is a distribution (the harness contract); "none":
-                the code's unconstrained labels (rows may leave the simplex; the evaluator's soft
-                cross-entropy is linear in the labels, so replay stays exact).
+            label_init: ``--random_init_labels`` ("": one-hot of ``--init_labels``, by default
+                ``0 .. num_distill_classes - 1`` repeated per image per class). "onehot" (default) |
+                "smoothed" (one-hot smoothed by 0.1) | "uniform" (1/C) | "random" (U(0,1) entries).
+                Example i starts as class i mod C.
+            label_constraint: "none" (default): the code's unconstrained labels, learned by Adam
+                with the inputs and used as given by the inner loss (rows may leave the simplex;
+                the evaluator's soft cross-entropy is linear in the labels, so replay stays exact).
+                "simplex": project every row onto the probability simplex after each Adam step
+                (not in the code; see the module's "Deviations, and why").
         """
 
         label_init: Literal["onehot", "smoothed", "uniform", "random"] = "onehot"
-        label_constraint: Literal["simplex", "none"] = "simplex"
+        label_constraint: Literal["none", "simplex"] = "none"
 
         def __post_init__(self) -> None:
             super().__post_init__()
             check_choice("label_init", self.label_init, ("onehot", "smoothed", "uniform", "random"))
-            check_choice("label_constraint", self.label_constraint, ("simplex", "none"))
+            check_choice("label_constraint", self.label_constraint, ("none", "simplex"))
 
     # -- what DD overrides --------------------------------------------------------------------------
-    def make_labels(self, task, cfg) -> LearnedLabels | FixedLabels:
-        values = initial_labels(task.n, task.num_classes, cfg.label_init, task.generator)
-        return LearnedLabels(values, cfg.label_constraint, task.device)
+    def make_labels(self, values: torch.Tensor, cfg, device: torch.device) -> LearnedLabels | FixedLabels:
+        """The labels object from initial values [n, C] (learned, with the Config's constraint)."""
+        return LearnedLabels(values, cfg.label_constraint, device)
+
+    def label_values(self, task, cfg) -> torch.Tensor:
+        return initial_labels(task.n, task.num_classes, cfg.label_init, task.generator)
 
     def check_task(self, task, cfg) -> None:
         if task.n < cfg.steps or task.n % cfg.steps:
@@ -303,65 +368,71 @@ class SLDD:
         return {"label_init": cfg.label_init, "label_constraint": cfg.label_constraint}
 
     # -- the algorithm ------------------------------------------------------------------------------
+    def init_synthetic(self, task, cfg) -> Synthetic:
+        """x~ ~ N(0, I), the initial labels, raw step sizes with softplus(raw) = lr_init."""
+        x = torch.randn((task.n, *task.input_shape), generator=task.generator).to(task.device)
+        labels = self.make_labels(self.label_values(task, cfg), cfg, task.device)
+        raw = raw_lr_init(cfg.lr_init, cfg.steps * cfg.epochs, task.device)
+        return Synthetic(x, labels, raw, cfg.outer_lr, cfg.betas)
+
+    def outer_step(self, syn: Synthetic, net: nn.Module, xr: torch.Tensor, yr: torch.Tensor, lr: float,
+                   steps: int, step: int = 0) -> float:
+        """One outer step from theta_0 = ``net``'s parameters: T unrolled GD steps on the synthetic
+        batches (train mode), the cross-entropy of the result on the real batch (eval mode), one
+        Adam step with learning rate ``lr`` on inputs, labels and raw step sizes, then the label
+        constraint. Returns the outer loss (before the update). ``step`` only names the step in errors.
+
+        The code's ``Trainer.forward`` + ``backward`` + ``accumulate_grad`` + ``optimizer.step()``
+        (its hand-written reverse pass through the unrolled steps is the gradient autograd takes here).
+        """
+        theta0 = {k: p.detach().clone().requires_grad_(True) for k, p in net.named_parameters() if p.requires_grad}
+        net.train()
+        theta = unroll(net, theta0, list(syn.x.chunk(steps)), list(syn.labels.value().chunk(steps)), syn.lrs())
+        net.eval()
+        loss = F.cross_entropy(functional_call(net, theta, (xr,)), yr)
+        if not torch.isfinite(loss):
+            raise TrialError(f"{self.name}: outer loss became {loss.item()} at outer step {step}; "
+                             f"lower lr_init or outer_lr")
+        grads = torch.autograd.grad(loss, syn.learned)
+        for group in syn.opt.param_groups:
+            group["lr"] = lr
+        for p, g in zip(syn.learned, grads):
+            p.grad = g
+        syn.opt.step()
+        syn.labels.after_step()
+        return loss.item()
+
     def distill(self, task) -> DistilledSet:
         cfg = task.config
         self.check_task(task, cfg)
-        device, gen = task.device, task.generator
-        T = cfg.steps * cfg.epochs
-
-        # synthetic inputs ~ N(0, I), labels, raw step sizes with softplus(raw) = lr_init
-        x = torch.randn((task.n, *task.input_shape), generator=gen).to(device).requires_grad_(True)
-        labels = self.make_labels(task, cfg)
-        raw_lrs = torch.full((T,), math.log(math.expm1(cfg.lr_init)), device=device).requires_grad_(True)
-        learned = [x, *labels.params, raw_lrs]
-        opt = torch.optim.Adam(learned, lr=cfg.outer_lr, betas=cfg.betas)
+        device = task.device
+        syn = self.init_synthetic(task, cfg)  # x~, y~, eta~ and their Adam
 
         fixed, init_state = None, None
-        if cfg.init == "fixed":
+        if cfg.init == "fixed":  # known init: one model init for the whole run
             fixed = task.make_model().to(device)
             init_state = {k: v.detach().cpu().clone() for k, v in fixed.state_dict().items()}
 
-        batches = target_batches(len(task.x), cfg.batch_size, gen)
+        batches = target_batches(len(task.x), cfg.batch_size, task.generator)
         task.expect_steps(cfg.outer_steps)
-        done, loss_value = 0, None
+        done, loss = 0, None
         for step in range(cfg.outer_steps):
             if task.time_left() <= 0:
                 break
-            net = fixed if fixed is not None else task.make_model().to(device)
-            theta0 = {k: p.detach().clone().requires_grad_(True)
-                      for k, p in net.named_parameters() if p.requires_grad}
-
-            # inner loop: T unrolled GD steps on the synthetic batches
-            net.train()
-            theta = unroll(net, theta0, list(x.chunk(cfg.steps)), list(labels.value().chunk(cfg.steps)),
-                           F.softplus(raw_lrs))
-
-            # outer loss on a real minibatch, gradient to inputs, labels and step sizes
-            net.eval()
-            idx = next(batches).to(task.x.device)
+            net = fixed if fixed is not None else task.make_model().to(device)  # theta_0
+            idx = next(batches).to(task.x.device)  # the next real minibatch
             xr, yr = task.x[idx].to(device), task.y[idx].to(device)
-            loss = F.cross_entropy(functional_call(net, theta, (xr,)), yr)
-            if not torch.isfinite(loss):
-                raise TrialError(f"{self.name}: outer loss became {loss.item()} at outer step {step}; "
-                                 f"lower lr_init or outer_lr")
-            grads = torch.autograd.grad(loss, learned)
-            lr_now = outer_lr_at(cfg, step)
-            for group in opt.param_groups:
-                group["lr"] = lr_now
-            for p, g in zip(learned, grads):
-                p.grad = g
-            opt.step()
-            labels.after_step()
-
-            done, loss_value = step + 1, loss.item()
-            task.log(step, loss=loss_value, lr_mean=F.softplus(raw_lrs).mean().item(), outer_lr=lr_now)
+            lr = outer_lr_at(cfg, step)
+            loss = self.outer_step(syn, net, xr, yr, lr, cfg.steps, step)
+            done = step + 1
+            task.log(step, loss=loss, lr_mean=syn.lrs().mean().item(), outer_lr=lr)
 
         meta = {"steps": cfg.steps, "epochs": cfg.epochs, "init": cfg.init, "outer_steps_done": done,
-                "final_loss": loss_value, **self.meta(cfg)}
+                "final_loss": loss, "decay_every": decay_interval(cfg), **self.meta(cfg)}
         return DistilledSet(
-            x=x.detach().clone(),
-            y=labels.value().detach().clone(),
-            lrs=F.softplus(raw_lrs).detach().clone(),
+            x=syn.x.detach().clone(),
+            y=syn.labels.value().detach().clone(),
+            lrs=syn.lrs().detach().clone(),
             meta=meta,
             init_state=init_state,
         )
