@@ -27,6 +27,10 @@ def _plugins(warn: bool = True):
 
 set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                           help="Override a grid-file value, e.g. --set eval.epochs=10 (repeatable).")
+only_option = click.option("--only", "only", multiple=True, metavar="GLOB",
+                           help="Keep only trials whose name (distiller/dataset/arch/budget/seed) matches "
+                                "GLOB, e.g. --only 'sldd/*' (repeatable; trial keys are unchanged, so "
+                                "separate processes can split one grid).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,6 +42,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("grid_file", type=click.Path(path_type=Path))
 @set_option
+@only_option
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the grid's, else auto).")
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
               help="MLflow store [default: sqlite:///results/mlflow.db; env MLFLOW_TRACKING_URI].")
@@ -45,7 +50,7 @@ def cli() -> None:
               help="Where datasets live [env HARNESS_DATA_DIR; default ~/.cache/distill-harness/data].")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Skip trials already finished in the experiment (matched by trial key).")
-def bench(grid_file, overrides, device, tracking_uri, data_dir, resume) -> None:
+def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume) -> None:
     """Run the grid in GRID_FILE and log every trial to MLflow.
 
     Exit code 0 when every trial passed, 1 when some failed, 2 for invalid input.
@@ -53,10 +58,10 @@ def bench(grid_file, overrides, device, tracking_uri, data_dir, resume) -> None:
     from rich.console import Console
 
     from .bench import run_bench
-    from .grid import check_device, load_grid
+    from .grid import check_device, load_grid, select_trials
 
     plugins = _plugins()
-    grid = load_grid(grid_file, list(overrides), plugins)
+    grid = select_trials(load_grid(grid_file, list(overrides), plugins), only)
     if device:
         check_device(device, "--device")
     console = Console()
@@ -74,11 +79,12 @@ def bench(grid_file, overrides, device, tracking_uri, data_dir, resume) -> None:
 @cli.command()
 @click.argument("grid_file", type=click.Path(path_type=Path))
 @set_option
-def validate(grid_file, overrides) -> None:
+@only_option
+def validate(grid_file, overrides, only) -> None:
     """Check GRID_FILE (and overrides) without running anything."""
-    from .grid import load_grid
+    from .grid import load_grid, select_trials
 
-    grid = load_grid(grid_file, list(overrides), _plugins())
+    grid = select_trials(load_grid(grid_file, list(overrides), _plugins()), only)
     recipes = {r.label for t in grid.trials for r in t.recipes}
     click.echo(f"ok: grid '{grid.name}' has {len(grid.trials)} trials over seeds {grid.seeds}; "
                f"recipes: {', '.join(sorted(recipes))}")

@@ -382,6 +382,21 @@ def _dist_version(dist: str) -> tuple[str, str]:
         return dist, ""
 
 
+def select_trials(grid: Grid, patterns: list[str] | tuple[str, ...]) -> Grid:
+    """Only the trials whose label matches one of the glob ``patterns`` (all when none are given).
+    Keys are untouched, so a grid split over processes resumes and reports as one."""
+    import fnmatch
+
+    if not patterns:
+        return grid
+    kept = [t for t in grid.trials if any(fnmatch.fnmatchcase(t.label, p) for p in patterns)]
+    if not kept:
+        names = ", ".join(t.label for t in grid.trials[:3]) + (", ..." if len(grid.trials) > 3 else "")
+        raise ConfigError(f"--only {' '.join(patterns)}: no trial of grid '{grid.name}' matches; "
+                          f"trial names look like {names}")
+    return dataclasses.replace(grid, trials=kept)
+
+
 def load_grid(path: str | Path, overrides: list[str] | None = None, plugins: Any = None) -> Grid:
     """Read, override and validate a grid file. Raises ConfigError (one clear line) on any problem."""
     from .plugins import get_plugins

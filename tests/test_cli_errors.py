@@ -138,3 +138,12 @@ def test_a_budget_override_replaces_the_other_budget_key(tmp_path):
     assert proc.returncode == 0, proc.stderr  # n replaced the file's ipc instead of clashing with it
     proc = harness_cli("validate", "grid.toml", "--set", "grid.n=[0]", cwd=tmp_path)
     assert proc.returncode == 2 and "n must be >= 1" in proc.stderr
+
+
+def test_validate_only_selects_trials_and_rejects_a_pattern_matching_none(tmp_path):
+    (tmp_path / "grid.toml").write_text(GOOD)
+    proc = harness_cli("validate", "grid.toml", "--set", "grid.ipc=[1, 2]", "--only", "*/ipc2/*", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok: grid 'cli-test' has 1 trials")
+    proc = harness_cli("validate", "grid.toml", "--only", "ld/*", cwd=tmp_path)
+    assert_one_error_line(proc, "--only ld/*: no trial of grid 'cli-test' matches; trial names look like random/")

@@ -660,3 +660,20 @@ def test_every_committed_grid_validates(path):
 
     grid = load_grid(path, plugins=load_plugins())
     assert grid.trials and grid.name == path.stem
+
+
+# -- --only: a subset of a grid's trials, keys unchanged -----------------------------------------
+def test_select_trials_keeps_matching_labels_with_their_keys(tiny_plugins):
+    from harness.grid import select_trials
+
+    grid = build_grid(grid_doc({"distiller": ["random", "means"], "ipc": [1, 2]}, seeds=[0, 1]), tiny_plugins)
+    assert select_trials(grid, ()) is grid
+    only = select_trials(grid, ["means/*/ipc2/*", "random/*/seed1"])
+    assert sorted(t.label for t in only.trials) == [
+        "means/tiny/tiny-mlp/ipc2/seed0", "means/tiny/tiny-mlp/ipc2/seed1",
+        "random/tiny/tiny-mlp/ipc1/seed1", "random/tiny/tiny-mlp/ipc2/seed1"]
+    assert {t.key for t in only.trials} <= {t.key for t in grid.trials}
+    assert (only.name, only.seeds) == (grid.name, grid.seeds)
+    with pytest.raises(ConfigError, match=r"^--only nope: no trial of grid 'grid' matches; trial names look like "):
+        select_trials(grid, ["nope"])
+
