@@ -71,3 +71,41 @@ def test_unknown_strategy_names_the_families():
 def test_non_image_batches_are_refused():
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         DSA().draw(torch.Generator())(torch.zeros(2, 5, 50))
+
+
+def test_a_siamese_draw_reseeds_per_random_call_as_the_code_does():
+    """The code's set_seed_DiffAug: seed for the family pick, seed+1, seed+2, ... for each random
+    value; so a brightness draw with seed s shifts the image by rand(seed s+1) - 0.5."""
+    x = torch.zeros(2, 1, 3, 3, dtype=torch.float64)
+    out = DSA(DSAParams(strategy="color")).draw_from(41)(x)
+    torch.manual_seed(42)
+    shift = torch.rand(1, dtype=torch.float64).item() - 0.5
+    torch.manual_seed(43)
+    sat = torch.rand(1, dtype=torch.float64).item() * 2.0
+    torch.manual_seed(44)
+    con = torch.rand(1, dtype=torch.float64).item() + 0.5
+    assert sat >= 0 and con > 0
+    assert torch.allclose(out, torch.full_like(x, shift))  # constant image: saturation/contrast keep it
+
+
+def test_draws_are_in_the_images_dtype_and_per_example_draws_follow_one_generator():
+    x = images(b=3).double()
+    a = DSA(DSAParams(strategy="flip"))(x, torch.Generator().manual_seed(0))
+    assert a.dtype == torch.float64
+    seed = int(torch.randint(2**31 - 1, (1,), generator=torch.Generator().manual_seed(0)))
+    g = torch.Generator().manual_seed(seed)
+    torch.randint(0, 1, (1,), generator=g)  # the family pick
+    flips = torch.rand(3, generator=g, dtype=torch.float64) < 0.5
+    assert torch.equal(a, torch.where(flips.view(3, 1, 1, 1), x.flip(3), x))
+
+
+def test_align_corners_matters_only_for_rotations_of_non_square_images():
+    """affine_grid + grid_sample with align_corners True or False differ by a scaling of the
+    normalised coordinates per axis; with no translation that commutes with a diagonal (scale) or,
+    on square images, any (rotate) matrix, so only rotate on H != W images tells them apart."""
+    for family, (h, w), differs in [("rotate", (9, 12), True), ("rotate", (8, 8), False), ("scale", (9, 12), False),
+                                    ("crop", (9, 12), False)]:
+        x = torch.randn(3, 2, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        a = DSA(DSAParams(strategy=family)).draw_from(3)(x)
+        b = DSA(DSAParams(strategy=family, align_corners=False)).draw_from(3)(x)
+        assert (not torch.allclose(a, b, atol=1e-10)) == differs, (family, h, w)

@@ -11,7 +11,7 @@ from torch import nn
 from harness.errors import ConfigError
 from harness.grid import build_grid
 from harness.testing import TINY_CLASSES, TINY_SHAPE, _build_tiny, check_distiller, make_task
-from harness_distillers.condense import (ClassSampler, Embedding, freeze_batchnorm, hard_labels,
+from harness_distillers.condense import (ClassSampler, Embedding, Randomness, freeze_batchnorm, hard_labels,
                                          images_per_class)
 from harness_distillers.dc import DC, DCWithDSA, gradient_distance, loops_for
 from harness_distillers.dm import DM
@@ -134,8 +134,7 @@ def test_dc_matching_loss_reaches_the_synthetic_images_through_second_order_grad
     net = task.make_model()
     params = list(net.parameters())
     syn = torch.randn(6, *TINY_SHAPE).requires_grad_(True)
-    sampler = ClassSampler(task.x, task.y, 3, torch.Generator().manual_seed(0))
-    loss = DC.matching_loss(net, params, syn, 2, sampler, 8, None, task)
+    loss = DC.matching_loss(net, params, syn, 2, Randomness(task), 8, None)
     (grad,) = torch.autograd.grad(loss, syn)
     assert loss > 0 and grad.abs().sum(dim=(1, 2, 3)).min() > 0  # every synthetic image gets a gradient
     assert all(p.grad is None for p in params)  # the network is not updated by matching
@@ -197,3 +196,37 @@ def test_dm_runs_on_non_image_inputs_without_dsa_and_dsa_refuses_them():
     task.x = task.x.reshape(len(task.x), 4, 4)
     with pytest.raises(Exception, match=r"DSA augments images \[C, H, W\], but this input has shape \(4, 4\); use dc"):
         DCWithDSA().distill(task)
+
+
+# -- what the golden tests pinned down (tests/golden/test_condense.py) ------------------------------
+def test_dm_with_batchnorm_embeds_all_classes_together_as_the_code_does():
+    """main_DM.py's ConvNetBN branch: every class's real (and synthetic) batch passes the network at
+    once, so batch-norm statistics mix classes; the loss is still per-class mean distances."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(64, TINY_CLASSES))
+    task = make_task(DM, ipc=2, iterations=1, batch_real=8, dsa=False)
+    syn = torch.randn(6, *TINY_SHAPE).requires_grad_(True)
+    expected_syn = syn.detach().clone().requires_grad_(True)
+    sampler = ClassSampler(task.x, task.y, 3, torch.Generator().manual_seed(5))
+    reals = [sampler(c, 8) for c in range(3)]
+    rand = Randomness(task)
+    rand.sampler = ClassSampler(task.x, task.y, 3, torch.Generator().manual_seed(5))
+    reference = copy.deepcopy(net)
+    loss = DM.iteration(net, syn, torch.optim.SGD([syn], lr=0.1), ipc=2, batch_real=8, rand=rand, dsa=None)
+    embed = Embedding(reference.train(), "dm")
+    e_real = embed(torch.cat(reals)).detach().view(3, 8, -1).mean(1)
+    e_syn = embed(expected_syn).view(3, 2, -1).mean(1)
+    joint = (e_real - e_syn).square().sum()
+    assert abs(loss - joint.item() / 3) < 1e-5
+    per_class = sum((embed(r).mean(0) - embed(expected_syn[2 * c : 2 * c + 2]).mean(0)).square().sum()
+                    for c, r in enumerate(reals))
+    assert abs(per_class.item() / 3 - loss) > 1e-4  # per-class batches would give another number
+
+
+@pytest.mark.parametrize("cls", [DM, DC, DCWithDSA])
+def test_model_init_defaults_to_the_codes_and_is_validated(cls):
+    assert cls.Config().model_init == "default"  # the code's get_network leaves PyTorch's init
+    assert cls.Config(model_init="xavier").model_init == "xavier"
+    with pytest.raises(ValueError, match="model_init must be one of default, xavier, kaiming"):
+        cls.Config(model_init="orthogonal")

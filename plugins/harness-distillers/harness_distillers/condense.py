@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import DistilledSet
+from harness.augment import DSA, DSAParams, draw_seed
 from harness.errors import TrialError
 
 
@@ -37,14 +38,55 @@ class ClassSampler:
         return self.x[pick.to(self.x.device)]
 
 
-def initial_images(task, ipc: int, init: str, sampler: ClassSampler) -> torch.Tensor:
+class Randomness:
+    """Every random choice DC, DSA and DM make, from the trial's generator: which real images
+    (``real``), the synthetic noise init (``noise``), the order of an inner-loop epoch (``order``)
+    and the seed of a DSA draw (``dsa_seed``; siamese in matching, per example in DC's inner loop).
+    The golden tests pass a stand-in that replays the choices the reference code made."""
+
+    def __init__(self, task):
+        self.generator = task.generator
+        self.sampler = ClassSampler(task.x, task.y, task.num_classes, task.generator)
+
+    def real(self, c: int, n: int) -> torch.Tensor:
+        return self.sampler(c, n)
+
+    def noise(self, shape) -> torch.Tensor:
+        return torch.randn(tuple(shape), generator=self.generator)
+
+    def order(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.generator)
+
+    def dsa_seed(self, siamese: bool) -> int:
+        return draw_seed(self.generator)
+
+
+def initial_images(task, ipc: int, init: str, rand: Randomness) -> torch.Tensor:
     """``[C * ipc, *shape]`` in class blocks (class c at rows c*ipc .. (c+1)*ipc - 1), from N(0, I)
     ("noise") or from random real images of each class ("real"); a leaf that requires grad."""
     if init == "real":
-        x = torch.cat([sampler(c, ipc).detach().to(task.device) for c in range(task.num_classes)])
+        x = torch.cat([rand.real(c, ipc).detach().to(task.device) for c in range(task.num_classes)])
     else:
-        x = torch.randn((task.num_classes * ipc, *task.input_shape), generator=task.generator).to(task.device)
+        x = rand.noise((task.num_classes * ipc, *task.input_shape)).to(task.device)
     return x.clone().requires_grad_(True)
+
+
+def image_optimizer(syn: torch.Tensor, lr: float, momentum: float) -> torch.optim.Optimizer:
+    """The codes' ``optimizer_img``: SGD on the synthetic images with momentum (0.5 in the code),
+    created once per run, so its momentum carries across iterations."""
+    return torch.optim.SGD([syn], lr=lr, momentum=momentum)
+
+
+def class_labels(num_classes: int, ipc: int, device) -> torch.Tensor:
+    """The class index of every synthetic image (class blocks): ``[0]*ipc + [1]*ipc + ...``."""
+    return torch.arange(num_classes, device=device).repeat_interleave(ipc)
+
+
+def dsa_for(cfg) -> DSA | None:
+    """The configured DSA (``dsa_strategy``), or None when ``dsa`` is off."""
+    if not cfg.dsa:
+        return None
+    return DSA(DSAParams(strategy=cfg.dsa_strategy))
 
 
 def hard_labels(num_classes: int, ipc: int, device) -> torch.Tensor:

@@ -29,13 +29,21 @@ Defaults are the code's: ``--Iteration 1000``, ``--lr_img 0.1`` (SGD momentum 0.
 ``inner_loop`` from ``get_loops(ipc)``: 1 -> (1, 1), 10 -> (10, 50), 20 -> (20, 25), 30 -> (30, 20),
 40 -> (40, 15), 50 -> (50, 10); other budgets need both set explicitly (the code raises too). DSA is
 the same code with ``--method DSA --dsa_strategy color_crop_cutout_flip_scale_rotate``
-(:mod:`harness.augment`). Evaluation in the papers: 300 epochs (DC, with a non-differentiable
-augmentation for MNIST-like data that the harness does not implement) or 1,000 epochs with DSA
-(``[eval] augment = "dsa"``).
+(:mod:`harness.augment`). Evaluation in the code: DC trains 300 epochs without augmentation,
+except on MNIST (1,000 epochs with a non-differentiable crop/scale/rotate augmentation, ``get_daparam``,
+that the harness does not implement); DSA trains 1,000 epochs with DSA (``[eval] augment = "dsa"``).
 
-Deviations: random draws come from the trial's generator (the code uses numpy's global RNG and
-seeds DSA with the wall clock), so runs are reproducible; the logged loss is the code's
-``loss_avg`` (summed over classes, averaged over classes and outer loops).
+Every iteration is :meth:`DC.iteration`, the unit the golden test checks: from the same state
+(images, network weights, real batches, batch orders, DSA seeds) it gives the reference code's
+images, networks and ``loss_avg`` to float64 round-off (tests/golden/test_condense.py; fixtures
+from the code's own ``main.py`` loop, see tests/golden/README-condense.md). The networks are the
+architecture's with ``model_init`` ("default": PyTorch's init, which the code's ``get_network``
+keeps).
+
+Deviations (see :class:`DC.Config`): random draws come from the trial's generator (the code uses
+numpy's global RNG for real batches and seeds networks and DSA draws with the wall clock), so runs
+are reproducible; ``outer_loop`` / ``inner_loop`` can be set for any ipc. The logged loss is the
+code's ``loss_avg`` (summed over classes, averaged over classes and outer loops).
 """
 
 from __future__ import annotations
@@ -48,10 +56,11 @@ import torch.nn.functional as F
 from harness import Capabilities
 from harness.augment import STRATEGY, DSA, DSAParams
 from harness.errors import TrialError
+from harness.init import check_init_scheme
 
-from .checks import check_choice, check_fraction, check_int, check_positive
-from .condense import (ClassSampler, condensed_set, freeze_batchnorm, has_batchnorm, hard_labels,
-                       images_per_class, initial_images)
+from .checks import check_bool, check_choice, check_fraction, check_int, check_positive
+from .condense import (Randomness, class_labels, condensed_set, dsa_for, freeze_batchnorm, has_batchnorm,
+                       image_optimizer, images_per_class, initial_images)
 
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}  # get_loops
 BN_IMAGES_PER_CLASS = 16  # the code's BNSizePC
@@ -103,6 +112,18 @@ class DC:
             dsa: False = DC; True = DSA (``--method DSA``): the siamese augmentation in matching
                 and in the inner training.
             dsa_strategy: ``--dsa_strategy`` for DSA ("color_crop_cutout_flip_scale_rotate").
+            model_init: init of the networks (``default``: PyTorch's own, as the code's
+                ``get_network`` leaves them; see :mod:`harness.init`).
+
+        Deviations, and why:
+            - Random draws (real batches, noise init, batch order, DSA seeds) come from the trial's
+              generator, on CPU; the code uses numpy's and torch's global RNGs and seeds each DSA
+              draw and each network with the wall clock. Runs are reproducible, and the golden
+              tests replay the code's draws to show the arithmetic is the same.
+            - ``outer_loop`` / ``inner_loop`` may be set for any ipc (the code exits for ipc
+              outside 1, 10, 20, 30, 40, 50).
+            None in the arithmetic: one iteration matches the code's to float64 round-off
+            (tests/golden/test_condense.py).
         """
 
         iterations: int = 1000
@@ -116,6 +137,7 @@ class DC:
         init: str = "noise"
         dsa: bool = False
         dsa_strategy: str = STRATEGY
+        model_init: str = "default"
 
         def __post_init__(self) -> None:
             check_int("iterations", self.iterations, 1)
@@ -128,9 +150,9 @@ class DC:
             check_int("batch_real", self.batch_real, 1)
             check_int("batch_train", self.batch_train, 1)
             check_choice("init", self.init, ("noise", "real"))
-            if not isinstance(self.dsa, bool):
-                raise ValueError(f"dsa must be true or false, got {self.dsa!r}")
+            check_bool("dsa", self.dsa)
             DSAParams(strategy=self.dsa_strategy)
+            check_init_scheme(self.model_init, "model_init")
 
     @staticmethod
     def check_trial(config, n: int, num_classes: int) -> None:
@@ -140,73 +162,89 @@ class DC:
         cfg = task.config
         ipc = images_per_class(task.n, task.num_classes, self.name)
         outer_loop, inner_loop = loops_for(cfg, ipc)
-        sampler = ClassSampler(task.x, task.y, task.num_classes, task.generator)
-        syn = initial_images(task, ipc, cfg.init, sampler)
-        labels = hard_labels(task.num_classes, ipc, task.device).argmax(1)
-        opt_img = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
         if cfg.dsa and len(task.input_shape) != 3:
             raise TrialError(f"{self.name}: DSA augments images [C, H, W], but this input has shape "
                              f"{tuple(task.input_shape)}; use dc (dsa = false) for it")
-        dsa = DSA(DSAParams(strategy=cfg.dsa_strategy)) if cfg.dsa else None
+        dsa = dsa_for(cfg)
+        rand = Randomness(task)
+        syn = initial_images(task, ipc, cfg.init, rand)  # S: ipc images per class
+        opt_img = image_optimizer(syn, cfg.lr_img, cfg.momentum)
 
         task.expect_steps(cfg.iterations)
         done = 0
         for it in range(cfg.iterations):
             if task.time_left() <= 0:
                 break
-            net = task.make_model().to(task.device)
-            net.train()
-            params = [p for p in net.parameters() if p.requires_grad]
-            opt_net = torch.optim.SGD(params, lr=cfg.lr_net)
-            loss_sum = 0.0
-            for ol in range(outer_loop):
-                if has_batchnorm(net):
-                    freeze_batchnorm(net, torch.cat([sampler(c, BN_IMAGES_PER_CLASS) for c in range(task.num_classes)])
-                                     .to(task.device))
-                loss = self.matching_loss(net, params, syn, ipc, sampler, cfg.batch_real, dsa, task)
-                if not torch.isfinite(loss):
-                    raise TrialError(f"{self.name}: matching loss became {loss.item()} at iteration {it}; lower lr_img")
-                opt_img.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_img.step()
-                loss_sum += loss.item()
-                if ol == outer_loop - 1:
-                    break
-                self.train_network(net, params, opt_net, syn.detach(), labels, inner_loop, cfg.batch_train, dsa, task)
+            net = task.make_model().to(task.device)  # theta <- a fresh network
+            loss = self.iteration(net, syn, opt_img, ipc=ipc, outer_loop=outer_loop, inner_loop=inner_loop,
+                                  config=cfg, rand=rand, dsa=dsa)
             done = it + 1
-            task.log(it, loss=loss_sum / (task.num_classes * outer_loop))
+            task.log(it, loss=loss)
 
         return condensed_set(syn, ipc, task.num_classes, iterations_done=done, init=cfg.init, dsa=cfg.dsa,
                              outer_loop=outer_loop, inner_loop=inner_loop)
 
+    @classmethod
+    def iteration(cls, net, syn, opt_img, *, ipc: int, outer_loop: int, inner_loop: int, config,
+                  rand: Randomness, dsa: DSA | None) -> float:
+        """One iteration of the code's loop (``for it``) with network ``net``: ``outer_loop`` times
+        match gradients per class and step the images, training the network on the synthetic set
+        for ``inner_loop`` epochs in between. Updates ``syn`` (through ``opt_img``) and ``net`` in
+        place; returns the code's ``loss_avg`` (summed over classes, averaged over classes and
+        outer loops)."""
+        num_classes = len(syn) // ipc
+        labels = class_labels(num_classes, ipc, syn.device)
+        net.train()
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt_net = torch.optim.SGD(params, lr=config.lr_net)
+        loss_sum = 0.0
+        for ol in range(outer_loop):
+            if has_batchnorm(net):  # statistics from 16 real images per class, then frozen
+                real = torch.cat([rand.real(c, BN_IMAGES_PER_CLASS) for c in range(num_classes)])
+                freeze_batchnorm(net, real.to(syn.device))
+            loss = cls.matching_loss(net, params, syn, ipc, rand, config.batch_real, dsa)
+            if not torch.isfinite(loss):
+                raise TrialError(f"{cls.name}: matching loss became {loss.item()} (outer loop {ol}); lower lr_img")
+            opt_img.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_img.step()
+            loss_sum += loss.item()
+            if ol == outer_loop - 1:
+                break
+            cls.train_network(net, opt_net, syn.detach(), labels, inner_loop, config.batch_train, rand, dsa)
+        return loss_sum / (num_classes * outer_loop)
+
     @staticmethod
-    def matching_loss(net, params, syn, ipc, sampler, batch_real, dsa, task) -> torch.Tensor:
+    def matching_loss(net, params, syn, ipc, rand: Randomness, batch_real, dsa: DSA | None) -> torch.Tensor:
         """Sum over classes of the distance between real and synthetic gradients."""
         loss = syn.new_zeros(())
-        for c in range(task.num_classes):
-            real = sampler(c, batch_real).to(task.device)
+        for c in range(len(syn) // ipc):
+            real = rand.real(c, batch_real).to(device=syn.device, dtype=syn.dtype)
             fake = syn[c * ipc : (c + 1) * ipc]
-            if dsa is not None:
-                draw = dsa.draw(task.generator)
+            if dsa is not None:  # one siamese draw for both
+                draw = dsa.draw_from(rand.dsa_seed(siamese=True), siamese=True)
                 real, fake = draw(real), draw(fake)
-            target_real = torch.full((len(real),), c, device=task.device)
+            target_real = torch.full((len(real),), c, device=syn.device)
             g_real = torch.autograd.grad(F.cross_entropy(net(real), target_real), params)
             g_real = [g.detach() for g in g_real]
-            target_fake = torch.full((len(fake),), c, device=task.device)
+            target_fake = torch.full((len(fake),), c, device=syn.device)
             g_fake = torch.autograd.grad(F.cross_entropy(net(fake), target_fake), params, create_graph=True)
             loss = loss + gradient_distance(g_fake, g_real)
         return loss
 
     @staticmethod
-    def train_network(net, params, opt, x, y, epochs, batch_size, dsa, task) -> None:
-        """The code's ``epoch('train', ...)`` on the synthetic set, ``epochs`` times (train mode:
+    def train_network(net, opt, x, y, epochs, batch_size, rand: Randomness, dsa: DSA | None) -> None:
+        """The code's ``epoch('train', ...)`` on the synthetic set, ``epochs`` times: a fresh
+        shuffle per epoch; with DSA, parameters drawn per example for every batch (train mode:
         batch norm uses batch statistics here, as in the code)."""
         net.train()
         for _ in range(epochs):
-            order = torch.randperm(len(x), generator=task.generator).to(x.device)
+            order = rand.order(len(x)).to(x.device)
             for i in range(0, len(x), batch_size):
                 idx = order[i : i + batch_size]
-                xb = x[idx] if dsa is None else dsa(x[idx], task.generator)
+                xb = x[idx]
+                if dsa is not None:
+                    xb = dsa.draw_from(rand.dsa_seed(siamese=False), siamese=False)(xb)
                 loss = F.cross_entropy(net(xb), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -220,8 +258,8 @@ class DCWithDSA(DC):
 
     @dataclass
     class Config(DC.Config):
-        """DC's hyperparameters (see :class:`DC.Config`) with ``dsa = True``: the code's
-        ``--method DSA --dsa_strategy color_crop_cutout_flip_scale_rotate``. Registered under its own
-        name so DC and DSA are separate rows in a grid's report."""
+        """DC's hyperparameters (see :class:`DC.Config`, defaults, deviations) with ``dsa = True``:
+        the code's ``--method DSA --dsa_strategy color_crop_cutout_flip_scale_rotate``. Registered
+        under its own name so DC and DSA are separate rows in a grid's report."""
 
         dsa: bool = True

@@ -19,14 +19,24 @@ Defaults are the code's (``main_DM.py``): ``--Iteration 20000``, ``--lr_img 1.0`
 (:mod:`harness.augment` with the code's ``ParamDiffAug``). The embedding psi is the input of the
 architecture's last linear layer (:class:`harness_distillers.condense.Embedding`): for ConvNet that
 is the code's ``net.embed``, the flattened feature map. The network is in train mode, as in the code
-(instance norm is unaffected; batch norm normalises each batch with its own statistics).
+(instance norm is unaffected; batch norm normalises with the statistics of the batch, which holds
+every class at once as in the code's ConvNetBN branch).
 
-DSA is an image augmentation: on other inputs (text embeddings [L, D]) DM runs without it, as the
-code's text variant (``main_DM_text.py``) does; ``meta["dsa"]`` records what ran.
+DSA is an image augmentation: on other inputs (text embeddings [L, D]) DM runs without it (the
+reference code handles images only); ``meta["dsa"]`` records what ran.
 
-Deviations: random draws come from the trial's generator (the code seeds DSA with the wall clock),
-so runs are reproducible; the loss is logged divided by the class count (the code's ``loss_avg``).
-The paper's evaluation trains 1,000 epochs with DSA augmentation: use ``[eval] augment = "dsa"``.
+Every iteration is :meth:`DM.iteration`, the unit the golden test checks: from the same state
+(images, network weights, real batches, DSA seeds) it gives the reference code's images and
+``loss_avg`` to float64 round-off (tests/golden/test_condense.py; fixtures from the code's own
+``main_DM.py`` loop, see tests/golden/README-condense.md). With batch norm in the network, all
+classes pass it together, as in the code's ConvNetBN branch (not golden-tested: the code's BN
+ConvNet is 128 wide, too large for a fixture; a unit test checks the joint batch). The networks are the architecture's
+with ``model_init`` ("default": PyTorch's init, which the code's ``get_network`` keeps).
+
+Deviations (see :class:`DM.Config`): random draws come from the trial's generator (the code uses
+numpy's global RNG for real batches and seeds networks and DSA draws with the wall clock), so runs
+are reproducible; the loss is logged divided by the class count (the code's ``loss_avg``). The
+paper's evaluation trains 1,000 epochs with DSA augmentation: use ``[eval] augment = "dsa"``.
 """
 
 from __future__ import annotations
@@ -38,9 +48,11 @@ import torch
 from harness import Capabilities
 from harness.augment import STRATEGY, DSA, DSAParams
 from harness.errors import TrialError
+from harness.init import check_init_scheme
 
-from .checks import check_choice, check_fraction, check_int, check_positive
-from .condense import ClassSampler, Embedding, condensed_set, images_per_class, initial_images
+from .checks import check_bool, check_choice, check_fraction, check_int, check_positive
+from .condense import (Embedding, Randomness, condensed_set, dsa_for, has_batchnorm, image_optimizer,
+                       images_per_class, initial_images)
 
 
 class DM:
@@ -59,8 +71,23 @@ class DM:
             momentum: SGD momentum of the images (0.5, hard-coded in the code).
             batch_real: ``--batch_real`` (256). Real images per class per iteration.
             init: ``--init`` ("real"): start from random real images of each class; "noise": N(0, I).
-            dsa: differentiable siamese augmentation of real and synthetic batches (True in DM).
+            dsa: differentiable siamese augmentation of real and synthetic batches (True in DM:
+                ``--dsa_strategy`` not "none").
             dsa_strategy: ``--dsa_strategy`` ("color_crop_cutout_flip_scale_rotate").
+            model_init: init of the networks (``default``: PyTorch's own, as the code's
+                ``get_network`` leaves them; see :mod:`harness.init`).
+
+        Deviations, and why:
+            - Random draws (real batches, init, DSA seeds) come from the trial's generator, on
+              CPU; the code uses numpy's and torch's global RNGs and seeds each DSA draw and each
+              network with the wall clock. Runs are reproducible, and the golden tests replay the
+              code's draws to show the arithmetic is the same.
+            - Inputs that are not images [C, H, W] (text embeddings) run without DSA (the code takes
+              images only); ``meta["dsa"]`` records what ran.
+            - With batch norm, real images are embedded per class group of whatever size the class
+              has (the code reshapes to ``batch_real`` per class and fails on smaller classes).
+            None in the arithmetic: one iteration matches the code's to float64 round-off
+            (tests/golden/test_condense.py).
         """
 
         iterations: int = 20000
@@ -70,6 +97,7 @@ class DM:
         init: str = "real"
         dsa: bool = True
         dsa_strategy: str = STRATEGY
+        model_init: str = "default"
 
         def __post_init__(self) -> None:
             check_int("iterations", self.iterations, 1)
@@ -77,9 +105,9 @@ class DM:
             check_fraction("momentum", self.momentum)
             check_int("batch_real", self.batch_real, 1)
             check_choice("init", self.init, ("real", "noise"))
-            if not isinstance(self.dsa, bool):
-                raise ValueError(f"dsa must be true or false, got {self.dsa!r}")
+            check_bool("dsa", self.dsa)
             DSAParams(strategy=self.dsa_strategy)  # names unknown transforms
+            check_init_scheme(self.model_init, "model_init")
 
     @staticmethod
     def check_trial(config, n: int, num_classes: int) -> None:
@@ -88,39 +116,59 @@ class DM:
     def distill(self, task):
         cfg = task.config
         ipc = images_per_class(task.n, task.num_classes, self.name)
-        sampler = ClassSampler(task.x, task.y, task.num_classes, task.generator)
-        syn = initial_images(task, ipc, cfg.init, sampler)
-        opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
         use_dsa = cfg.dsa and len(task.input_shape) == 3  # images [C, H, W] only
-        dsa = DSA(DSAParams(strategy=cfg.dsa_strategy)) if use_dsa else None
+        dsa = dsa_for(cfg) if use_dsa else None
+        rand = Randomness(task)
+        syn = initial_images(task, ipc, cfg.init, rand)  # S: ipc images per class
+        opt = image_optimizer(syn, cfg.lr_img, cfg.momentum)
 
         task.expect_steps(cfg.iterations)
         done = 0
         for it in range(cfg.iterations):
             if task.time_left() <= 0:
                 break
-            net = task.make_model().to(task.device)
-            net.train()
-            for p in net.parameters():
-                p.requires_grad_(False)
-            embed = Embedding(net, self.name)
+            net = task.make_model().to(task.device)  # psi <- a fresh network, never trained
+            loss = self.iteration(net, syn, opt, ipc=ipc, batch_real=cfg.batch_real, rand=rand, dsa=dsa)
+            done = it + 1
+            task.log(it, loss=loss)
 
-            loss = torch.zeros((), device=task.device)
-            for c in range(task.num_classes):
-                real = sampler(c, cfg.batch_real).to(task.device)
-                fake = syn[c * ipc : (c + 1) * ipc]
-                if dsa is not None:
-                    draw = dsa.draw(task.generator)
-                    real, fake = draw(real), draw(fake)
+        return condensed_set(syn, ipc, task.num_classes, iterations_done=done, init=cfg.init, dsa=use_dsa)
+
+    @staticmethod
+    def iteration(net, syn, opt, *, ipc: int, batch_real: int, rand: Randomness, dsa: DSA | None) -> float:
+        """One iteration of ``main_DM.py``: freeze ``net`` (train mode), embed a real batch and the
+        synthetic images of every class (one siamese DSA draw per class), step the images on the
+        summed squared distance of the mean embeddings. Returns the code's ``loss_avg`` (the loss
+        divided by the class count). With batch norm, all classes pass the network together (the
+        code's ConvNetBN branch), so the batch statistics mix classes as there."""
+        num_classes = len(syn) // ipc
+        net.train()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        embed = Embedding(net, "dm")
+        reals, fakes = [], []
+        for c in range(num_classes):
+            real = rand.real(c, batch_real).to(device=syn.device, dtype=syn.dtype)
+            fake = syn[c * ipc : (c + 1) * ipc]
+            if dsa is not None:
+                draw = dsa.draw_from(rand.dsa_seed(siamese=True), siamese=True)
+                real, fake = draw(real), draw(fake)
+            reals.append(real)
+            fakes.append(fake)
+        if has_batchnorm(net):
+            with torch.no_grad():
+                e_real = embed(torch.cat(reals)).split([len(r) for r in reals])
+            e_fake = embed(torch.cat(fakes)).split([len(f) for f in fakes])
+            loss = sum((r.mean(0) - f.mean(0)).square().sum() for r, f in zip(e_real, e_fake))
+        else:
+            loss = syn.new_zeros(())
+            for real, fake in zip(reals, fakes):
                 with torch.no_grad():
                     mean_real = embed(real).mean(0)
                 loss = loss + (mean_real - embed(fake).mean(0)).square().sum()
-            if not torch.isfinite(loss):
-                raise TrialError(f"dm: matching loss became {loss.item()} at iteration {it}; lower lr_img")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            done = it + 1
-            task.log(it, loss=loss.item() / task.num_classes)
-
-        return condensed_set(syn, ipc, task.num_classes, iterations_done=done, init=cfg.init, dsa=use_dsa)
+        if not torch.isfinite(loss):
+            raise TrialError(f"dm: matching loss became {loss.item()}; lower lr_img")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item() / num_classes
