@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import HarnessError
 
-GROUP = ["dataset", "base_dataset", "arch", "budget", "recipe", "protocol", "distiller"]
+GROUP = ["dataset", "base_dataset", "arch", "budget", "recipe", "protocol", "distiller", "variant"]
 PER_RECIPE = re.compile(r"^acc_mean/(.+)$")
 
 
@@ -42,9 +42,27 @@ def runs_frame(tracker: Any, experiment: str, keys: set[str] | None = None) -> A
         row["init"] = _inits(p.get("cfg.model_init", "default"), p.get("eval.model_init", "default"))
         row.update(seed=int(p.get("seed", 0)), status=run.info.status, error=run.data.tags.get("error", ""),
                    trial_key=run.data.tags.get("trial_key"), run_id=run.info.run_id)
+        row["_cfg"] = {k[4:]: v for k, v in p.items() if k.startswith("cfg.")}
         row.update(run.data.metrics)
         rows.append(row)
+    _add_variants(rows)
     return pd.DataFrame(rows)
+
+
+def _add_variants(rows: list[dict]) -> None:
+    """``variant``: the Config fields that differ between the runs of one distiller in this report,
+    e.g. ``label_constraint=simplex``, so trials that differ only in their config stay separate
+    rows instead of being averaged as if they were seeds ("" when a distiller has one config)."""
+    by_distiller: dict[str, list[dict]] = {}
+    for row in rows:
+        by_distiller.setdefault(row["distiller"], []).append(row)
+    for group in by_distiller.values():
+        keys = sorted({k for r in group for k in r["_cfg"]})
+        varying = [k for k in keys if len({r["_cfg"].get(k) for r in group}) > 1]
+        for r in group:
+            r["variant"] = ", ".join(f"{k}={r['_cfg'].get(k, '-')}" for k in varying)
+    for row in rows:
+        del row["_cfg"]
 
 
 def leaderboard(frame: Any) -> Any:
@@ -54,7 +72,7 @@ def leaderboard(frame: Any) -> Any:
     records = []
     for _, row in frame.iterrows():
         labels = [m.group(1) for c in frame.columns if (m := PER_RECIPE.match(c)) and pd.notna(row[c])]
-        base = {k: row[k] for k in ("distiller", "dataset", "base_dataset", "arch", "budget", "seed")}
+        base = {k: row.get(k, "") for k in ("distiller", "variant", "dataset", "base_dataset", "arch", "budget", "seed")}
         epochs, models = row.get("eval_epochs", "?"), row.get("eval_models", "?")
         test_size = row.get("eval_test_size", "0")
         init = row.get("init", "init default")
@@ -129,11 +147,17 @@ def to_markdown(board: Any, title: str, command: str) -> str:
         data = r["dataset"] if r["base_dataset"] in (r["dataset"], "") else f"{r['base_dataset']}→{r['dataset']}"
         acc = format_pm(r["acc_mean"], r["acc_std"]) if r["seeds"] else "FAILED"
         seeds = f"{int(r['seeds'])}" + (f" ({int(r['failed'])} failed)" if r["failed"] else "")
-        cells = [data, r["arch"], r["budget"], r["recipe"], r["protocol"], r["distiller"], acc,
+        cells = [data, r["arch"], r["budget"], r["recipe"], r["protocol"], distiller_label(r), acc,
                  "n/a" if r["random_mean"] != r["random_mean"] else f"{r['random_mean']:.2f}",
                  format_pm(r["gain_mean"], r["gain_std"]), seeds, _secs(r["distill_s"]), _secs(r["eval_s"])]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def distiller_label(row: Any) -> str:
+    """The distiller's name, with its config variant when the report holds several."""
+    variant = row.get("variant", "")
+    return f"{row['distiller']} ({variant})" if isinstance(variant, str) and variant else str(row["distiller"])
 
 
 def _secs(v: Any) -> str:

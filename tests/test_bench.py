@@ -175,6 +175,24 @@ def test_report_aggregates_over_seeds_and_writes_tables(bench, tracking_uri, tmp
     assert md.read_text().endswith("## What the papers claim\n") and "| means |" in md.read_text()
 
 
+def test_report_keeps_trials_that_differ_only_in_config_apart(bench, tracking_uri, tmp_path):
+    """Two configs of one distiller are two rows (with the differing fields named), never averaged
+    together as if they were seeds."""
+    table = {"dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [2], "distiller": ["means", "random"]}
+    doc = {"name": "tiny-bench", "seeds": [0], "device": "cpu",
+           "eval": {"models": 1, "epochs": 2},
+           "grid": [table, {**table, "distiller": ["means"], "distillers": {"means": {"smoothing": 0.3}}}]}
+    bench(doc)
+    board = leaderboard(runs_frame(Tracker(tracking_uri), "tiny-bench"))
+    means = board[board.distiller == "means"]
+    assert sorted(means.variant) == ["smoothing=0.0", "smoothing=0.3"]
+    assert list(means.seeds) == [1, 1]
+    assert list(board[board.distiller == "random"].variant) == [""]  # one config: no variant shown
+    md, _ = write_report(board, tmp_path / "out", "tiny-bench", "harness report")
+    text = md.read_text()
+    assert "| means (smoothing=0.3) |" in text and "| means (smoothing=0.0) |" in text and "| random |" in text
+
+
 def test_report_on_a_missing_experiment_is_a_clear_error(tracking_uri):
     from harness.errors import HarnessError
 
