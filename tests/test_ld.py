@@ -84,8 +84,9 @@ def test_labels_stay_on_simplex_after_every_step(cls, monkeypatch):
         seen.append(labels.detach().clone())
 
     monkeypatch.setattr(module, "renormalise_", spy)
-    # a large label step so that the clamp really has work to do
-    _, out = _distill(cls, outer_steps=6, label_lr=0.2)
+    # a large label step so that the clamp really has work to do; the last labels are returned
+    # only without validation-based selection (select_best=True returns the best validated ones)
+    _, out = _distill(cls, outer_steps=6, label_lr=0.2, select_best=False)
     assert len(seen) == 6
     for y in seen:
         assert _on_simplex(y)
@@ -187,7 +188,7 @@ def _cross_task(cls, ipc=2, **config):
 
 @pytest.mark.parametrize("cls", LEARNERS, ids=lambda c: c.name)
 def test_cross_dataset_inputs_from_base_labels_in_target_space(cls):
-    task = _cross_task(cls, ipc=2, outer_steps=4)
+    task = _cross_task(cls, ipc=2, outer_steps=4, cross_balanced=True)
     out = cls().distill(task)
     base_x, base_y = task.base
     idx = torch.tensor(out.meta["base_indices"])
@@ -279,7 +280,7 @@ def test_reset_re_initialises_the_model(cls, monkeypatch):
             return False
 
     monkeypatch.setattr(module, "PlateauReset", ResetAtSteps2And4)
-    task = make_task(cls, ipc=1, outer_steps=6)
+    task = make_task(cls, ipc=1, outer_steps=6, select_best=False)  # validation models are built too
     built = []
     make_model = task.make_model
     task.make_model = lambda: built.append(1) or make_model()
@@ -339,7 +340,9 @@ def test_ld_rr_rejects_an_unsplittable_architecture_before_compute():
     [
         (LD, "outer_steps", 0), (LD, "outer_steps", 2.5), (LD, "label_lr", 0.0), (LD, "inner_lr", -0.01),
         (LD, "base_batch", -1), (LD, "target_batch", 0), (LD, "reset_window", -5), (LD, "model_lr", "x"),
-        (LD, "model_optimizer", "rmsprop"),
+        (LD, "model_optimizer", "rmsprop"), (LD, "target_sampling", "shuffle"), (LD, "val_fraction", 0.0),
+        (LD, "val_fraction", 1.0), (LD, "val_every_epochs", 0), (LD, "select_best", "yes"), (LD, "cross_balanced", 1),
+        (LDRR, "target_sampling", "x"), (LDRR, "val_fraction", -0.1),
         (LDRR, "ridge_lambda", 0.0), (LDRR, "ema_rate", 0.0), (LDRR, "ema_rate", 1.5), (LDRR, "ridge_form", "qr"),
         (LDRR, "scale_lr", -1.0), (LDRR, "outer_steps", True),
         (LDBase, "label_smoothing", 1.0), (LDBase, "label_smoothing", -0.1),
@@ -348,6 +351,12 @@ def test_ld_rr_rejects_an_unsplittable_architecture_before_compute():
 def test_bad_config_values_raise_clear_errors(cls, field, value):
     with pytest.raises(ValueError, match=rf"{cls.name}\.{field} must"):
         cls.Config(**{field: value})
+
+
+@pytest.mark.parametrize("cls", LEARNERS, ids=lambda c: c.name)
+def test_bad_model_init_names_the_field(cls):
+    with pytest.raises(ValueError, match=rf"{cls.name}\.model_init must be one of default, xavier, kaiming"):
+        cls.Config(model_init="orthogonal")
 
 
 def test_bad_config_is_reported_by_the_grid_before_compute():
@@ -360,4 +369,132 @@ def test_defaults_are_the_papers():
     assert (cfg.outer_steps, cfg.label_lr, cfg.inner_lr, cfg.target_batch, cfg.model_lr) == (19_600, 1e-3, 0.01, 1024, 1e-3)
     rr = LDRR.Config()
     assert (rr.ridge_lambda, rr.ema_rate, rr.scale_init, rr.scale_lr) == (1.0, 0.01, 1.0, 0.01)
+    # the code's behaviour by default (golden-tested / read from label_distillation_or2.py): shuffled
+    # epochs of the target set, validation every 5 epochs on 1/6 of the training set (MNIST's 10,000
+    # of 60,000) keeping the best labels, PyTorch's default init (LeNet is never re-initialised)
+    for c in (cfg, rr):
+        assert (c.target_sampling, c.select_best, c.val_every_epochs, c.model_init) == ("epochs", True, 5, "default")
+        assert c.cross_balanced is False  # the code's cross-dataset configs draw base examples at random
+        assert c.val_fraction == pytest.approx(10_000 / 60_000)
     assert LDBase.Config().label_smoothing == 0.0
+
+
+# -- the code's validation split, epochs and best-labels selection ----------------------------------------
+@pytest.mark.parametrize("cls", LEARNERS, ids=lambda c: c.name)
+def test_validation_split_is_held_out_training_data(cls):
+    task = make_task(cls, ipc=2, outer_steps=1)
+    base = ld_mod.select_base(task)
+    split = ld_mod.split_validation(task, base, 1 / 6, True)
+    val, target = set(split.val.tolist()), set(split.target.tolist())
+    assert len(val) == round(len(task.x) / 6)
+    assert not val & target and val | target == set(range(len(task.x)))  # a partition of task.x
+    assert not val & set(base.index.tolist())  # never a base example (they are target rows, as in the code)
+    assert set(base.index.tolist()) <= target
+    off = ld_mod.split_validation(task, base, 1 / 6, False)
+    assert len(off.val) == 0 and len(off.target) == len(task.x)
+
+
+def test_validation_split_too_small_is_a_clear_error():
+    task = make_task(LD, ipc=1, outer_steps=1)
+    with pytest.raises(ValueError, match="val_fraction"):
+        ld_mod.split_validation(task, ld_mod.select_base(task), 0.001, True)
+
+
+def test_target_batches_are_shuffled_epochs_with_a_partial_last_batch():
+    rows = torch.arange(10, 33)  # 23 rows, batch 10 -> 10, 10, 3
+    g = torch.Generator().manual_seed(0)
+    tb = ld_mod.TargetBatches(rows, 10, "epochs", g)
+    assert tb.per_epoch == 3
+    for epoch in range(2):
+        seen, ends = [], []
+        for _ in range(3):
+            idx, end = tb.next()
+            seen.append(idx)
+            ends.append(end)
+        assert [len(i) for i in seen] == [10, 10, 3] and ends == [False, False, True]
+        assert sorted(torch.cat(seen).tolist()) == rows.tolist()  # every row exactly once per epoch
+        assert tb.epoch == epoch + 1
+    rnd = ld_mod.TargetBatches(rows, 10, "random", g)
+    assert all(len(rnd.next()[0]) == 10 for _ in range(5)) and rnd.epoch == 1
+
+
+def test_model_lifetime_rule():
+    rule = PlateauReset(window=10)
+    for _ in range(5):
+        rule.update(0.5)
+    assert rule.lifetimes == [] and rule.model_lifetime() == 5  # never reset: the current age
+    rule.lifetimes = [10, 20, 31, 40]
+    assert rule.model_lifetime() == int((20 + 31 + 40) / 3)  # int(mean of the last 3) = 30
+
+
+def test_validation_select_keeps_the_best_and_later_ties():
+    errors = iter([0.5, 0.4, 0.6, 0.4, 0.7])
+    asked = []
+
+    def fit(labels, steps):
+        asked.append(steps)
+        return next(errors)
+
+    sel = ld_mod.ValidationSelect(fit, every_epochs=2)
+    rule = PlateauReset(window=100)
+    for epoch in range(1, 11):
+        rule.update(0.5)
+        sel.after_epoch(epoch, step=epoch * 10 - 1, labels=torch.full((2, 2), float(epoch)), plateau=rule)
+    assert [h["epoch"] for h in sel.history] == [2, 4, 6, 8, 10]  # every 2nd epoch
+    assert asked == [2, 4, 6, 8, 10]  # trained for the current model age (never reset)
+    labels, meta = sel.result(torch.zeros(2, 2), rule)
+    assert torch.equal(labels, torch.full((2, 2), 8.0))  # 0.4 at epoch 4 and 8: the later one wins
+    assert meta["selected_step"] == 79 and meta["test_steps"] == 8 and meta["val_err"] == 0.4
+
+
+@pytest.mark.parametrize("cls", LEARNERS, ids=lambda c: c.name)
+def test_select_best_returns_validated_labels_and_records_the_protocol(cls, monkeypatch):
+    module = ld_mod if cls is LD else ld_rr_mod
+    snapshots = []
+    real = module.renormalise_
+
+    def spy(labels):
+        real(labels)
+        snapshots.append(labels.detach().clone())
+
+    monkeypatch.setattr(module, "renormalise_", spy)
+    task, out = _distill(cls, ipc=2, outer_steps=12)
+    meta = out.meta
+    assert meta["steps_per_epoch"] == 1 and meta["val_rows"] == 15 and meta["target_rows"] == 75
+    assert [h["step"] for h in meta["val_history"]] == [4, 9]  # after epochs 5 and 10
+    best = min(meta["val_history"], key=lambda h: (h["val_err"], -h["step"]))
+    assert meta["selected_step"] == best["step"] and meta["test_steps"] == best["train_steps"]
+    assert torch.equal(out.y, snapshots[best["step"]])
+    assert meta["model_lifetime"] == 12 and meta["model_lifetimes"] == []
+    _, last = _distill(cls, ipc=2, outer_steps=12, select_best=False)
+    assert last.meta["selected"] == "last" and last.meta["val_rows"] == 0
+
+
+@pytest.mark.parametrize("cls", LEARNERS, ids=lambda c: c.name)
+def test_short_run_without_validation_returns_the_last_labels(cls):
+    _, out = _distill(cls, ipc=2, outer_steps=3)  # 5 epochs never complete
+    assert out.meta["selected"].startswith("last") and out.meta["val_history"] == []
+
+
+def test_ld_base_finds_the_codes_test_steps_on_lds_validation_split():
+    task, out = _distill(LDBase, ipc=2)
+    _, ld = _distill(LD, ipc=2, outer_steps=1)
+    assert out.meta["val_rows"] == ld.meta["val_rows"] == 15
+    steps = [h["train_steps"] for h in out.meta["val_history"]]
+    assert steps == [10, 25, 50, 75] + list(range(100, 1001, 50))  # the code's checkpoints, n <= 100
+    best = min(out.meta["val_history"], key=lambda h: (h["val_err"], h["train_steps"]))  # first minimum
+    assert out.meta["test_steps"] == best["train_steps"]
+    assert ld_mod.paper_baseline_checkpoints(200)[0] == 1701
+    _, off = _distill(LDBase, ipc=2, select_steps=False)
+    assert "test_steps" not in off.meta and torch.equal(off.y, out.y)
+
+
+@pytest.mark.parametrize("cls", LEARNERS, ids=lambda c: c.name)
+def test_cross_dataset_default_is_the_codes_random_draw(cls):
+    """The code's cross-dataset configs ("ubl") take the first batch of a shuffled base loader."""
+    task = _cross_task(cls, ipc=2, outer_steps=2)
+    gen = torch.Generator().manual_seed(task.generator.initial_seed())
+    expected = torch.randperm(len(task.base[1]), generator=gen)[:6]
+    out = cls().distill(task)
+    assert out.meta["base_indices"] == expected.tolist()
+    assert torch.equal(out.x, task.base[0][expected])

@@ -1,22 +1,22 @@
 """Label distillation through a ridge-regression layer (LD-RR), first-order.
 
 Bohdal, Hospedales & Yang (2020), "Flexible Dataset Distillation: Learn Labels Instead of Images"
-(arXiv:2006.08572), the first-order variant; reference code github.com/ondrejbohdal/label-distillation,
-``label_distillation_rr.py`` and ``model_architectures.AdjustLayer`` ("the code"). No gradient goes
-through a model's training step: the classifier on top of the backbone is the closed-form solution
-of a ridge regression onto the soft labels, so the target loss is a differentiable function of the
-labels directly::
+(arXiv:2006.08572), the first-order variant; reference code github.com/ondrejbohdal/label-distillation
+at commit 7ebc088, ``label_distillation_rr.py`` with ``model_architectures.LeNet``/``AdjustLayer``
+("the code", with line numbers). No gradient goes through a model's training step: the classifier on
+top of the backbone is the closed-form solution of a ridge regression onto the soft labels, so the
+target loss is a differentiable function of the labels directly::
 
-    x~, y~ as in LD (same base examples for the same seed; labels uniform 1/C, on the simplex)
+    x~, y~, (x_v, y_v) as in LD (same base examples for the same seed; labels uniform 1/C)
     phi    <- backbone of task.make_model() (every layer but the final Linear); Adam(phi, model_lr)
     s      <- scale_init (the learned calibration scale); Adam(s, scale_lr)
     W      <- 0, the global classifier [d + 1, C] (last row = bias)
-    repeat outer_steps times:
-        (x_t', y_t') <- target minibatch;  (x~', y~') <- base minibatch
+    repeat outer_steps times:                                          (rr_outer_step())
+        (x_t', y_t') <- next target minibatch;  (x~', y~') <- base minibatch
         P     <- [phi(x~'), 1]                                              [b, d + 1]
         W_l   <- argmin_W ||P W - y~'||^2 + lambda ||W||^2                  (closed form, lambda = 1)
-               = P^T (P P^T + lambda I_b)^-1 y~'      (dual / Woodbury form, used when b <= d + 1)
-               = (P^T P + lambda I_(d+1))^-1 P^T y~'  (primal form otherwise; the same matrix)
+               = P^T (P P^T + lambda I_b)^-1 y~'      (dual / Woodbury form, the code's)
+               = (P^T P + lambda I_(d+1))^-1 P^T y~'  (primal form; the same matrix)
         W     <- (1 - ema_rate) W.detach() + ema_rate W_l                   (slow global classifier)
         L     <- CE(s * [phi(x_t'), 1] W, y_t')
         y~    <- Adam(label_lr) step on grad_y~ L (through W_l);  clamp to [0, 1];  rows / row sums
@@ -24,46 +24,71 @@ labels directly::
         phi, s <- Adam steps on grad L_b      (the target data train the labels only, as in the code)
         if the moving-average error on x_t' stopped improving (ld.PlateauReset): fresh backbone,
            optimisers, s and W = 0
-    return (x~, y~)
+        every 5 epochs: train a fresh RR model (backbone, W, s) on (x~, y~) for the average model
+           lifetime; keep y~ if its validation error is the best so far
+    return (x~, best y~)
 
-What follows the code exactly, and where this differs:
-- The learned scale is trained on the BASE loss L_b only (Adam, lr 0.01, init 1): the code keeps
-  target data out of it on purpose ("we do not want to learn it using target set data"); the target
-  loss L sends gradients to the labels alone.
+Hyperparameters (defaults = the code's): as LD for outer steps, label lr, base/target batch, reset
+window and validation (see :mod:`harness_distillers.ld`); backbone Adam lr 1e-3 (``Adam(model.parameters())``,
+line 308); ridge lambda 1.0 (``get_local_weights``: "we tried 0.01, 0.1, 1.0, 10; 1.0 worked best");
+global classifier average 0.99 / 0.01 (line 591); scale ``AdjustLayer(init_scale=1)`` trained by
+``Adam(.., 0.01)`` (lines 312-317); model init PyTorch's default (``model_init="default"``).
+
+What follows the code exactly (golden-tested, tests/golden/test_ld.py):
+- The learned scale is trained on the BASE loss L_b only: the code keeps target data out of it on
+  purpose ("we do not want to learn it using target set data"); L sends gradients to the labels alone.
 - L_b back-propagates into the backbone both through P and through W's dependence on W_l, as the
-  code's ``feat_loss.backward()`` does.
-- The bias column is appended to the features and regularised with the weights (the code's
-  ``feature_add_bias``); lambda = 1.0 (the code: "we tried 0.01, 0.1, 1.0, 10; 1.0 worked best").
+  code's ``feat_loss.backward()`` does; its targets are the labels AFTER this step's update.
+- The bias column is appended to the features and regularised with the weights (``feature_add_bias``).
+- The code's validation and test models are RR models too (backbone + global classifier, trained
+  like the online model; evaluated WITHOUT the scale, which does not change the argmax).
+
+The code's test protocol (lines 478-488, ``test`` 783-876): 20 fresh RR models (backbone, zero global
+classifier, scale 1) trained for ``best_num_steps`` steps exactly as the validation models (Adam 1e-3
+on the backbone, Adam 0.01 on the scale, global classifier averaged 0.99/0.01 with the ridge solution
+of each random base minibatch), evaluated with ``model_eval(input_, w_eval)`` on the test split; mean
+error over the 20. ``meta["test_steps"]`` holds ``best_num_steps``.
+
+Deviations, and why (Config options; defaults are the code's):
 - The code's backbone is LeNet/AlexNet without its last layer (84/192 features); here it is
   ``task.make_model()`` minus its final ``nn.Linear``, which requires an ``nn.Sequential`` ending
-  in one (every harness architecture is one); anything else raises a clear error.
-- The code always uses the dual form (its base batch, <= 50, is below its feature size); here the
-  form is chosen by size (``ridge_form = "auto"``) and both are tested to agree.
-- The code evaluates LD-RR labels by training the same RR model (backbone + global classifier) from
-  scratch; the harness trains ordinary models on (x~, y~) with its protocol, like every method.
-- Label selection by validation error, minibatch sampling, budget and cross-dataset balancing:
-  as in :mod:`harness_distillers.ld`.
+  in one (every harness architecture is one; build_lenet[:-1] is the code's LeNet backbone exactly).
+- ``ridge_form``: "dual" is the code's b x b solve (``torch.inverse`` then products); "auto" (default)
+  picks the smaller system, "primal" the (d+1) x (d+1) one. All solve the same problem (tested to
+  agree to 1e-10); we use ``linalg.solve`` rather than an explicit inverse (better conditioned).
+- The harness evaluates LD-RR labels by training ordinary models with its protocol, like every method.
+- ``select_best``, ``val_fraction``, ``target_sampling``, ``cross_balanced`` and the validation
+  generator: as in :mod:`harness_distillers.ld`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from harness import Capabilities, DistilledSet
 
 from .ld import (
     PAPER_OUTER_STEPS,
+    PAPER_VAL_EVERY_EPOCHS,
+    PAPER_VAL_FRACTION,
     PlateauReset,
+    TargetBatches,
+    ValidationSelect,
+    check_common,
     check_int,
     check_positive,
+    classification_error,
     minibatch,
     paper_base_batch,
     paper_reset_window,
     renormalise_,
     select_base,
     soft_cross_entropy,
+    split_validation,
+    top1,
     uniform_labels,
+    validation_generator,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,8 +142,114 @@ def ridge_solution(p: "torch.Tensor", y: "torch.Tensor", lam: float, form: str =
     raise ValueError(f"ridge form must be one of {RIDGE_FORMS}, got {form!r}")
 
 
+@dataclass
+class RRModel:
+    """An RR model: backbone, its optimiser, the learned scale and its optimiser, the global classifier."""
+
+    features: "nn.Module"
+    params: list
+    scale: "torch.Tensor"  # 0-dim leaf
+    feat_opt: "torch.optim.Optimizer"
+    scale_opt: "torch.optim.Optimizer"
+    w_global: "torch.Tensor"  # [d + 1, C], no grad
+
+
+def fresh_rr_model(model: "nn.Module", cfg: Any, num_classes: int, device: Any, dtype: Any) -> RRModel:
+    """The code's (re)start of an RR model: Adam(backbone, model_lr), AdjustLayer(scale_init) with
+    Adam(scale_lr), global classifier zeros(d + 1, C) (lines 305-321, 666-680)."""
+    import torch
+
+    features, dim = split_backbone(model.to(device).train())
+    # the scale is float32 as the code's AdjustLayer (torch.FloatTensor), whatever the data's dtype
+    scale = torch.tensor(float(cfg.scale_init), device=device, requires_grad=True)
+    params = [p for p in features.parameters() if p.requires_grad]
+    return RRModel(features, params, scale, torch.optim.Adam(params, lr=cfg.model_lr),
+                   torch.optim.Adam([scale], lr=cfg.scale_lr), torch.zeros(dim + 1, num_classes, device=device, dtype=dtype))
+
+
+def rr_fit_step(m: RRModel, p_base: "torch.Tensor", w: "torch.Tensor", targets: "torch.Tensor") -> float:
+    """Backbone and scale step on soft-CE(s * P W, targets); W <- W.detach() becomes the global one."""
+    import torch
+
+    base_loss = soft_cross_entropy(m.scale * (p_base @ w), targets)
+    grads = torch.autograd.grad(base_loss, m.params + [m.scale], allow_unused=True)
+    for p, g in zip(m.params + [m.scale], grads):
+        p.grad = None if g is None else g.detach()
+    m.feat_opt.step()
+    m.scale_opt.step()
+    m.w_global = w.detach()
+    return float(base_loss.detach())
+
+
+@dataclass
+class RRState:
+    """Everything one LD-RR outer step reads and updates (injectable: the golden tests build one)."""
+
+    labels: "torch.Tensor"
+    label_opt: "torch.optim.Optimizer"
+    model: RRModel
+
+
+def rr_outer_step(state: RRState, base_x: "torch.Tensor", bi: "torch.Tensor", xt: "torch.Tensor",
+                  yt: "torch.Tensor", cfg: Any) -> dict[str, float]:
+    """One LD-RR outer step (the code's ``train`` loop body, lines 578-626)."""
+    import torch
+    import torch.nn.functional as F
+
+    labels, m = state.labels, state.model
+    p_base = with_bias(m.features(base_x[bi]))
+    w_local = ridge_solution(p_base, labels[bi], cfg.ridge_lambda, cfg.ridge_form)
+    w = (1.0 - cfg.ema_rate) * m.w_global + cfg.ema_rate * w_local
+    logits = m.scale * (with_bias(m.features(xt)) @ w)
+    loss = F.cross_entropy(logits, yt)
+    (labels.grad,) = torch.autograd.grad(loss, [labels], retain_graph=True)
+    state.label_opt.step()
+    renormalise_(labels)
+    base_loss = rr_fit_step(m, p_base, w, labels[bi].detach())
+    with torch.no_grad():
+        err = float((top1(logits) != yt).double().mean())
+    return {"loss": float(loss.detach()), "base_loss": base_loss, "target_err": err, "scale": float(m.scale.detach())}
+
+
+def train_rr_on_labels(task: Any, base_x: "torch.Tensor", labels: "torch.Tensor", steps: int, base_batch: int,
+                       cfg: Any, generator: "torch.Generator") -> RRModel:
+    """The training half of the code's RR ``validate``/``test`` (lines 717-759, 791-853): a fresh RR
+    model (backbone, zero global classifier, scale) trained for ``steps`` steps on random base
+    minibatches with the labels. Returned with the backbone in eval mode."""
+    m = fresh_rr_model(task.make_model(), cfg, task.num_classes, task.device, labels.dtype)
+    labels = labels.detach()
+    for _ in range(steps):
+        bi = minibatch(len(base_x), base_batch, generator, task.device)
+        p_base = with_bias(m.features(base_x[bi]))
+        w_local = ridge_solution(p_base, labels[bi], cfg.ridge_lambda, cfg.ridge_form)
+        rr_fit_step(m, p_base, (1.0 - cfg.ema_rate) * m.w_global + cfg.ema_rate * w_local, labels[bi])
+    m.features.eval()
+    return m
+
+
+def rr_logits(m: RRModel, x: "torch.Tensor") -> "torch.Tensor":
+    """What the code's validation and test models predict: ``model(x, w)``, the global classifier
+    WITHOUT the scale (lines 768, 862)."""
+    return with_bias(m.features(x)) @ m.w_global
+
+
+def fit_error_rr(task: Any, base_x: "torch.Tensor", base_batch: int, cfg: Any, val_x: "torch.Tensor",
+                 val_y: "torch.Tensor", generator: "torch.Generator") -> Callable[["torch.Tensor", int], float]:
+    """The code's RR ``validate`` (lines 709-780): :func:`train_rr_on_labels`, then the validation error."""
+
+    def fit(labels: "torch.Tensor", steps: int) -> float:
+        m = train_rr_on_labels(task, base_x, labels, steps, base_batch, cfg, generator)
+        return classification_error(lambda x: rr_logits(m, x), val_x, val_y)
+
+    return fit
+
+
 class LDRR:
-    """Label distillation, first-order through a closed-form ridge-regression head (Bohdal et al. 2020)."""
+    """Label distillation, first-order through a closed-form ridge-regression head (Bohdal et al. 2020).
+
+    Algorithm, defaults (with their source in the code), test protocol and "Deviations, and why":
+    the module docstring. One outer step is :func:`rr_outer_step` (golden-tested).
+    """
 
     name = "ld-rr"
     capabilities = Capabilities(learns_labels=True, cross_dataset=True)
@@ -138,7 +269,9 @@ class LDRR:
         base_batch: int = 0
         """Base minibatch size; 0 = the code's rule (half the base examples, within [10, 50]); <= n."""
         target_batch: int = 1024
-        """Real target examples per outer step (code ``--batch_size 1024``); capped at len(task.x)."""
+        """Real target examples per outer step (code ``--batch_size 1024``); capped at the target rows."""
+        target_sampling: str = "epochs"
+        """"epochs" (the code's shuffled passes) or "random" (independent minibatches; a deviation)."""
         model_lr: float = 1e-3
         """Adam learning rate of the backbone (the code: ``Adam(model.parameters())``, default lr)."""
         scale_init: float = 1.0
@@ -148,6 +281,16 @@ class LDRR:
         reset_window: int = 0
         """Model reset window and patience in steps; 0 = the code's rule (50; 200 for n > 100;
         100 for more than 10 classes). See :class:`harness_distillers.ld.PlateauReset`."""
+        select_best: bool = True
+        """Keep the labels with the best validation error (the code) instead of the last ones."""
+        val_fraction: float = PAPER_VAL_FRACTION
+        """Held-out fraction of the TRAINING set for validation (the code's MNIST ratio, 1/6)."""
+        val_every_epochs: int = PAPER_VAL_EVERY_EPOCHS
+        """Validate after every this many epochs over the target rows (the code: 5)."""
+        model_init: str = "default"
+        """Init of every backbone LD-RR builds (``harness.init``): the code uses PyTorch's default."""
+        cross_balanced: bool = False
+        """Cross-dataset only: class-balanced base examples (True) or the code's random draw (False)."""
 
         def __post_init__(self) -> None:
             where = "ld-rr"
@@ -161,65 +304,50 @@ class LDRR:
             check_int(where, "base_batch", self.base_batch, 0, " (0 = the paper's rule)")
             check_int(where, "target_batch", self.target_batch, 1)
             check_int(where, "reset_window", self.reset_window, 0, " (0 = the paper's rule)")
+            check_common(where, self)
 
     def distill(self, task: Any) -> DistilledSet:
         import torch
-        import torch.nn.functional as F
 
         cfg = task.config
         first = task.make_model()
         split_backbone(first)  # fail before any compute if the architecture cannot be split
-        base = select_base(task)  # first draw from task.generator: the same examples as LD for this seed
+        base = select_base(task, cfg.cross_balanced)  # first draw from task.generator: LD's examples for the seed
+        split = split_validation(task, base, cfg.val_fraction, cfg.select_best)
         n, num_classes, device = task.n, task.num_classes, task.device
         base_batch = cfg.base_batch or paper_base_batch(n)
         window = cfg.reset_window or paper_reset_window(n, num_classes)
-        labels = uniform_labels(n, num_classes, device)
-        label_opt = torch.optim.Adam([labels], lr=cfg.label_lr)
+        targets = TargetBatches(split.target, cfg.target_batch, cfg.target_sampling, task.generator)
+        select = None
+        if cfg.select_best:
+            val = split.val.to(device)
+            select = ValidationSelect(fit_error_rr(task, base.x, base_batch, cfg, task.x[val], task.y[val],
+                                                   validation_generator(task)), cfg.val_every_epochs)
+        labels = uniform_labels(n, num_classes, device, task.x.dtype)
+        state = RRState(labels, torch.optim.Adam([labels], lr=cfg.label_lr),
+                        fresh_rr_model(first, cfg, num_classes, device, task.x.dtype))
         plateau = PlateauReset(window)
 
-        def fresh(model=None):
-            features, dim = split_backbone((task.make_model() if model is None else model).to(device).train())
-            scale = torch.tensor(float(cfg.scale_init), device=device, requires_grad=True)
-            params = [p for p in features.parameters() if p.requires_grad]
-            return (features, params, scale, torch.optim.Adam(params, lr=cfg.model_lr),
-                    torch.optim.Adam([scale], lr=cfg.scale_lr), torch.zeros(dim + 1, num_classes, device=device))
-
-        features, params, scale, feat_opt, scale_opt, w_global = fresh(first)
         task.expect_steps(cfg.outer_steps)
         done = 0
         for step in range(cfg.outer_steps):
             if task.time_left() <= 0:
                 break
-            ti = minibatch(len(task.x), cfg.target_batch, task.generator, device)
+            ti, epoch_end = targets.next()
+            ti = ti.to(device)
             bi = minibatch(n, base_batch, task.generator, device)
-            xt, yt = task.x[ti], task.y[ti]
-
-            p_base = with_bias(features(base.x[bi]))
-            w_local = ridge_solution(p_base, labels[bi], cfg.ridge_lambda, cfg.ridge_form)
-            w = (1.0 - cfg.ema_rate) * w_global + cfg.ema_rate * w_local
-            logits = scale * (with_bias(features(xt)) @ w)
-            loss = F.cross_entropy(logits, yt)
-            (labels.grad,) = torch.autograd.grad(loss, [labels], retain_graph=True)
-            label_opt.step()
-            renormalise_(labels)
-
-            base_loss = soft_cross_entropy(scale * (p_base @ w), labels[bi].detach())
-            grads = torch.autograd.grad(base_loss, params + [scale], allow_unused=True)
-            for p, g in zip(params + [scale], grads):
-                p.grad = None if g is None else g.detach()
-            feat_opt.step()
-            scale_opt.step()
-            w_global = w.detach()
-            with torch.no_grad():
-                err = float((logits.argmax(1) != yt).float().mean())
-            del grads, w, w_local, p_base, logits
-            if plateau.update(err):
-                features, params, scale, feat_opt, scale_opt, w_global = fresh()
+            m = rr_outer_step(state, base.x, bi, task.x[ti], task.y[ti], cfg)
+            if plateau.update(m["target_err"]):
+                state.model = fresh_rr_model(task.make_model(), cfg, num_classes, device, task.x.dtype)
+            if select is not None and epoch_end:
+                select.after_epoch(targets.epoch, step, state.labels, plateau)
             done = step + 1
-            task.log(step, loss=float(loss.detach()), base_loss=float(base_loss.detach()), target_err=err,
-                     scale=float(scale.detach()), resets=len(plateau.lifetimes))
+            task.log(step, **m, resets=len(plateau.lifetimes))
 
-        meta = {"method": "ld-rr", **base.meta(task), "outer_steps_done": done,
-                "base_batch": base_batch, "reset_window": window,
-                "model_resets": len(plateau.lifetimes), "model_lifetimes": plateau.lifetimes}
-        return DistilledSet(x=base.x, y=labels.detach().clone(), meta=meta)
+        labels, chosen = (select.result(state.labels, plateau) if select is not None else
+                          (state.labels.detach().clone(), {"selected": "last", "test_steps": plateau.model_lifetime()}))
+        meta = {"method": "ld-rr", **base.meta(task), "outer_steps_done": done, "base_batch": base_batch,
+                "reset_window": window, "model_resets": len(plateau.lifetimes), "model_lifetimes": plateau.lifetimes,
+                "model_lifetime": plateau.model_lifetime(), "target_rows": len(split.target),
+                "val_rows": len(split.val), "steps_per_epoch": targets.per_epoch, **chosen}
+        return DistilledSet(x=base.x, y=labels, meta=meta)
