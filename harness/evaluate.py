@@ -41,6 +41,13 @@ class EvalResult:
         return math.sqrt(sum((a - m) ** 2 for a in self.accs) / len(self.accs))
 
 
+def ld_protocol_applies(dset: DistilledSet) -> bool:
+    """Whether a set carries what the "ld-protocol" recipe trains by (its model lifetime)."""
+    from .trial import LD_PROTOCOL_META
+
+    return all(isinstance(dset.meta.get(k), int) and dset.meta[k] > 0 for k in LD_PROTOCOL_META)
+
+
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against a distribution per example (one-hot rows give the usual CE)."""
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
@@ -62,6 +69,9 @@ def train_model(model: nn.Module, dset: DistilledSet, recipe: Recipe, generator:
     model.train()
     if recipe.optimizer == "distilled":
         return _replay_learned_steps(model, x, y, dset.lrs.to(device), int(dset.meta.get("steps", 1)))
+    if recipe.optimizer == "ld-protocol":
+        return _train_ld_protocol(model, x, y, int(dset.meta["test_steps"]), int(dset.meta["base_batch"]),
+                                  recipe.lr, generator)
     params = [p for p in model.parameters() if p.requires_grad]
     if recipe.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
@@ -95,6 +105,22 @@ def _augmentation(recipe: Recipe) -> Callable | None:
     return None
 
 
+def _train_ld_protocol(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, lr: float,
+                       generator: torch.Generator) -> nn.Module:
+    """The LD code's test training (``label_distillation_or2.py`` ``test()``): Adam(lr), no weight
+    decay, no schedule; ``steps`` steps, each on ``batch`` examples drawn at random without
+    replacement (clamped to the set's size) with the soft-label cross-entropy."""
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    n = len(x)
+    for _ in range(steps):
+        idx = torch.randperm(n, generator=generator)[: min(batch, n)].to(x.device)
+        loss = soft_cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model
+
+
 def _replay_learned_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: torch.Tensor,
                           steps: int = 1) -> nn.Module:
     """The SLDD/DD test procedure: plain GD (no momentum), one step per learned step size.
@@ -120,6 +146,9 @@ def evaluate(dset: DistilledSet, recipe: Recipe, build_model: Callable[[], nn.Mo
     """Train ``recipe.models`` fresh models on ``dset``; return their test accuracies."""
     if recipe.optimizer == "distilled" and dset.lrs is None:
         raise ValueError("recipe 'distilled' needs learned step sizes, but the set has none")
+    if recipe.optimizer == "ld-protocol" and not ld_protocol_applies(dset):
+        raise ValueError("recipe 'ld-protocol' needs the set's meta 'test_steps' and 'base_batch' "
+                         "(recorded by ld, ld-rr and ld-base)")
     if recipe.init == "known" and init_state is None:
         raise ValueError("recipe init 'known' needs the set's init_state, but it has none")
     result = EvalResult(recipe)

@@ -108,7 +108,12 @@ def leaderboard(frame: Any) -> Any:
 def _protocol(label: str, epochs: Any, models: Any, test_size: Any = "0", init: str = "") -> str:
     """How each model was trained: epochs x models, or the set's learned steps x models; the
     model inits; and the test subset when not the whole test split."""
-    trained = f"learned steps x {models}" if "/distilled" in label else f"{epochs} ep x {models}"
+    if "/distilled" in label:
+        trained = f"learned steps x {models}"
+    elif "/ld-protocol" in label:
+        trained = f"Adam, LD lifetime x {models}"
+    else:
+        trained = f"{epochs} ep x {models}"
     if init:
         trained = f"{trained}, {init}"
     return trained if str(test_size) in ("0", "", "nan", "None") else f"{trained}, test {test_size}"

@@ -140,8 +140,15 @@ def _evaluate_all(trial: Trial, ctx: TrialContext, dset: Any, result: TrialResul
     if ctx.progress:
         ctx.progress.evaluating(trial, sum(r.models for r in trial.recipes))
     on_model = (lambda k, acc: ctx.progress.model_done(acc)) if ctx.progress else None
+    from .evaluate import ld_protocol_applies
+
     with Measure(ctx.device) as measure:
         for i, recipe in enumerate(trial.recipes):
+            if recipe.optimizer == "ld-protocol" and not ld_protocol_applies(dset):
+                if i == 0:
+                    raise TrialError(f"the first eval recipe is 'ld-protocol' but the set of '{trial.distiller}' "
+                                     f"records no model lifetime (meta test_steps/base_batch); list sgd first")
+                continue  # not applicable to this set: reported as n/a, never faked
             build = ctx.builder(recipe.arch, trial.dataset)
             test = ctx.data.test(trial.dataset, recipe.test_size)
             ev = evaluate(dset, recipe, build, test, trial.seed, ctx.device, dset.init_state, on_model)
@@ -171,6 +178,7 @@ def _random_baseline(trial: Trial, recipe: Recipe, ctx: TrialContext, dset: Any,
 
     from .baseline import random_subset
     from .evaluate import evaluate
+    from .trial import LD_PROTOCOL_META
 
     if recipe.optimizer == "distilled":
         return None
@@ -179,11 +187,14 @@ def _random_baseline(trial: Trial, recipe: Recipe, ctx: TrialContext, dset: Any,
     spec = ctx.plugins.datasets.get(trial.dataset)
     x, y = ctx.data.get(trial.dataset, "train")
     n, ipc = trial.n, trial.ipc
-    key = (trial.dataset, ipc, n, trial.seed, recipe)
+    # "ld-protocol": the subset trains for the set's own model lifetime and batch, which are part of the key
+    protocol = {k: dset.meta[k] for k in LD_PROTOCOL_META} if recipe.optimizer == "ld-protocol" else {}
+    key = (trial.dataset, ipc, n, trial.seed, recipe, tuple(protocol.values()))
     if recipe.init == "random" and key in ctx.baselines:
         return ctx.baselines[key]
     gen = torch.Generator().manual_seed(derive_seed(trial.seed, "random-subset", trial.dataset))
     subset = random_subset(x, y, spec.num_classes, ipc, n, gen)
+    subset.meta.update(protocol)
     ev = evaluate(subset, recipe, ctx.builder(recipe.arch, trial.dataset), ctx.data.test(trial.dataset, recipe.test_size),
                   trial.seed, ctx.device, dset.init_state)
     if recipe.init == "random":

@@ -7,10 +7,12 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-OPTIMIZERS = ("sgd", "adam", "distilled")
+OPTIMIZERS = ("sgd", "adam", "distilled", "ld-protocol")
 INITS = ("random", "known")
 AUGMENTS = ("none", "dsa")
-DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "ld-protocol": 0.001}
+# Set meta keys the "ld-protocol" recipe trains by (written by ld, ld-rr and ld-base)
+LD_PROTOCOL_META = ("test_steps", "base_batch")
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,11 @@ class Recipe:
 
     ``optimizer="distilled"`` replays the set's learned step sizes (one full-batch GD step each);
     then ``epochs``/``lr``/``momentum``/``weight_decay`` do not apply.
+    ``optimizer="ld-protocol"`` is the LD paper's test protocol (Bohdal et al. 2020, the code's
+    ``test()``): Adam(``lr``, default 1e-3, no weight decay, no schedule) for the set's own model
+    lifetime ``meta["test_steps"]`` steps, each on a random minibatch of ``meta["base_batch"]``
+    examples; ``epochs``/``momentum``/``weight_decay``/``batch_size`` do not apply. The code averages
+    20 models (``models = 20``); sets without those meta keys are not evaluated under it (n/a).
     ``init="known"`` starts from the init the set was distilled for (SLDD's "fixed init").
     ``test_size`` > 0 tests on a fixed class-stratified subset of that many test examples, the same
     for every trial and recipe (a stated CPU scaling; the protocol's default is the whole split).

@@ -134,5 +134,6 @@ def test_report_protocol_names_the_inits():
     assert _inits("", None) == "init default"  # runs logged before inits were recorded
     assert _inits("-", "default") == "init default"  # a distiller without a model_init field
     assert _protocol("lenet/sgd", 300, 5, "0", "init xavier") == "300 ep x 5, init xavier"
+    assert _protocol("lenet/ld-protocol", 300, 20, "0", "init default") == "Adam, LD lifetime x 20, init default"
     assert _protocol("lenet/distilled", 300, 5, "2000", "init default") == \
         "learned steps x 5, init default, test 2000"
