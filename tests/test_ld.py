@@ -15,12 +15,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import harness_distillers.ld as ld_mod
+import harness_distillers.ld_base as ld_base
+import harness_distillers.ld_common as ld_common
 import harness_distillers.ld_rr as ld_rr_mod
 from harness.baseline import random_subset
 from harness.errors import ConfigError
 from harness.grid import build_config
 from harness.testing import TINY_CLASSES, TINY_SHAPE, check_distiller, make_task
-from harness_distillers.ld import LD, LDBase, PlateauReset, paper_base_batch, paper_reset_window, renormalise_
+from harness_distillers.ld import LD
+from harness_distillers.ld_base import LDBase
+from harness_distillers.ld_common import PlateauReset, paper_base_batch, paper_reset_window, renormalise_
 from harness_distillers.ld_rr import LDRR, ridge_solution, split_backbone
 
 LEARNERS = [LD, LDRR]
@@ -383,27 +387,27 @@ def test_defaults_are_the_papers():
 @pytest.mark.parametrize("cls", LEARNERS, ids=lambda c: c.name)
 def test_validation_split_is_held_out_training_data(cls):
     task = make_task(cls, ipc=2, outer_steps=1)
-    base = ld_mod.select_base(task)
-    split = ld_mod.split_validation(task, base, 1 / 6, True)
+    base = ld_common.select_base(task)
+    split = ld_common.split_validation(task, base, 1 / 6, True)
     val, target = set(split.val.tolist()), set(split.target.tolist())
     assert len(val) == round(len(task.x) / 6)
     assert not val & target and val | target == set(range(len(task.x)))  # a partition of task.x
     assert not val & set(base.index.tolist())  # never a base example (they are target rows, as in the code)
     assert set(base.index.tolist()) <= target
-    off = ld_mod.split_validation(task, base, 1 / 6, False)
+    off = ld_common.split_validation(task, base, 1 / 6, False)
     assert len(off.val) == 0 and len(off.target) == len(task.x)
 
 
 def test_validation_split_too_small_is_a_clear_error():
     task = make_task(LD, ipc=1, outer_steps=1)
     with pytest.raises(ValueError, match="val_fraction"):
-        ld_mod.split_validation(task, ld_mod.select_base(task), 0.001, True)
+        ld_common.split_validation(task, ld_common.select_base(task), 0.001, True)
 
 
 def test_target_batches_are_shuffled_epochs_with_a_partial_last_batch():
     rows = torch.arange(10, 33)  # 23 rows, batch 10 -> 10, 10, 3
     g = torch.Generator().manual_seed(0)
-    tb = ld_mod.TargetBatches(rows, 10, "epochs", g)
+    tb = ld_common.TargetBatches(rows, 10, "epochs", g)
     assert tb.per_epoch == 3
     for epoch in range(2):
         seen, ends = [], []
@@ -414,7 +418,7 @@ def test_target_batches_are_shuffled_epochs_with_a_partial_last_batch():
         assert [len(i) for i in seen] == [10, 10, 3] and ends == [False, False, True]
         assert sorted(torch.cat(seen).tolist()) == rows.tolist()  # every row exactly once per epoch
         assert tb.epoch == epoch + 1
-    rnd = ld_mod.TargetBatches(rows, 10, "random", g)
+    rnd = ld_common.TargetBatches(rows, 10, "random", g)
     assert all(len(rnd.next()[0]) == 10 for _ in range(5)) and rnd.epoch == 1
 
 
@@ -435,7 +439,7 @@ def test_validation_select_keeps_the_best_and_later_ties():
         asked.append(steps)
         return next(errors)
 
-    sel = ld_mod.ValidationSelect(fit, every_epochs=2)
+    sel = ld_common.ValidationSelect(fit, every_epochs=2)
     rule = PlateauReset(window=100)
     for epoch in range(1, 11):
         rule.update(0.5)
@@ -484,7 +488,7 @@ def test_ld_base_finds_the_codes_test_steps_on_lds_validation_split():
     assert steps == [10, 25, 50, 75] + list(range(100, 1001, 50))  # the code's checkpoints, n <= 100
     best = min(out.meta["val_history"], key=lambda h: (h["val_err"], h["train_steps"]))  # first minimum
     assert out.meta["test_steps"] == best["train_steps"]
-    assert ld_mod.paper_baseline_checkpoints(200)[0] == 1701
+    assert ld_base.paper_baseline_checkpoints(200)[0] == 1701
     _, off = _distill(LDBase, ipc=2, select_steps=False)
     assert "test_steps" not in off.meta and torch.equal(off.y, out.y)
 

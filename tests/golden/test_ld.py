@@ -20,9 +20,11 @@ import pytest
 import torch
 
 import harness_distillers.ld as ld_mod
+import harness_distillers.ld_common as ld_common
 import harness_distillers.ld_rr as rr_mod
 from harness.testing import make_task
-from harness_distillers.ld import LD, LDState, PlateauReset, outer_step
+from harness_distillers.ld import LD, LDState, outer_step
+from harness_distillers.ld_common import PlateauReset
 from harness_distillers.ld_rr import LDRR, RRState, fresh_rr_model, rr_outer_step
 from harness_vision.archs import build_lenet
 
@@ -133,7 +135,7 @@ def test_ld_rr_outer_steps_match_the_code():
             settings["ridge_lambda"], settings["ema"])
         model = lenet_from(t)
         init = {k: v.clone() for k, v in model.state_dict().items()}
-        labels = ld_mod.uniform_labels(10, 10, "cpu", torch.float64)
+        labels = ld_common.uniform_labels(10, 10, "cpu", torch.float64)
         state = RRState(labels, torch.optim.Adam([labels], lr=cfg.label_lr),
                         fresh_rr_model(model, cfg, 10, torch.device("cpu"), torch.float64))
         assert float(state.model.scale.detach()) == float(t["init.scale"])
@@ -159,7 +161,7 @@ def test_ld_rr_outer_steps_match_the_code():
 def test_reset_rule_matches_the_codes_decisions(sequence):
     t, _ = load("ld.safetensors")
     errors = t[f"reset.{sequence}.errors"].tolist()
-    window = ld_mod.paper_reset_window(10, 10)  # the fixture's case: 10 base examples, 10 classes
+    window = ld_common.paper_reset_window(10, 10)  # the fixture's case: 10 base examples, 10 classes
     assert window == 50
     rule = PlateauReset(window)
     fired = [i + 1 for i, e in enumerate(errors) if rule.update(e)]
@@ -220,7 +222,7 @@ def test_ld_validation_model_matches_the_codes_validate(monkeypatch):
     val_x, val_y = t["target_x"].reshape(-1, 1, 28, 28).double(), t["target_y"].reshape(-1)
     with torch.no_grad():
         loss = float(F.cross_entropy(trained(val_x), val_y))
-    err = ld_mod.classification_error(trained, val_x, val_y)
+    err = ld_common.classification_error(trained, val_x, val_y)
     print(f"ld validate: loss diff {abs(loss - float(t['val.loss'])):.1e}, err {err} vs {float(t['val.err'])}")
     assert loss == pytest.approx(float(t["val.loss"]), abs=VAL_ATOL)
     assert err == pytest.approx(float(t["val.err"]), abs=1e-6)
@@ -240,7 +242,7 @@ def test_ld_rr_validation_model_matches_the_codes_validate(monkeypatch):
     val_x, val_y = t["target_x"].reshape(-1, 1, 28, 28).double(), t["target_y"].reshape(-1)
     with torch.no_grad():
         loss = float(F.cross_entropy(rr_mod.rr_logits(m, val_x), val_y))
-    err = ld_mod.classification_error(lambda x: rr_mod.rr_logits(m, x), val_x, val_y)
+    err = ld_common.classification_error(lambda x: rr_mod.rr_logits(m, x), val_x, val_y)
     print(f"ld-rr validate: loss diff {abs(loss - float(t['val.loss'])):.1e}, err {err} vs {float(t['val.err'])}")
     assert loss == pytest.approx(float(t["val.loss"]), abs=VAL_ATOL)
     assert err == pytest.approx(float(t["val.err"]), abs=1e-6)

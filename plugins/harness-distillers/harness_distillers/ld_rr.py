@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from harness import Capabilities, DistilledSet
 
-from .ld import (
+from .ld_common import (
     PAPER_OUTER_STEPS,
     PAPER_VAL_EVERY_EPOCHS,
     PAPER_VAL_FRACTION,
@@ -280,7 +280,7 @@ class LDRR:
         """Adam learning rate of the scale (the code: ``Adam(adjust.parameters(), 0.01)``)."""
         reset_window: int = 0
         """Model reset window and patience in steps; 0 = the code's rule (50; 200 for n > 100;
-        100 for more than 10 classes). See :class:`harness_distillers.ld.PlateauReset`."""
+        100 for more than 10 classes). See :class:`harness_distillers.ld_common.PlateauReset`."""
         select_best: bool = True
         """Keep the labels with the best validation error (the code) instead of the last ones."""
         val_fraction: float = PAPER_VAL_FRACTION

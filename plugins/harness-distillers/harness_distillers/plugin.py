@@ -13,7 +13,8 @@ def register_distillers(register):
     from .dc import DC, DCWithDSA
     from .dd import DD
     from .dm import DM
-    from .ld import LD, LDBase
+    from .ld import LD
+    from .ld_base import LDBase
     from .ld_rr import LDRR
     from .sldd import SLDD
 

@@ -43,8 +43,7 @@ init (``--init xavier``, applied by the harness from ``model_init``).
 
 Deviations, and why:
 
-- Schedules count outer steps, and by default their shape is the code's at any budget (design.md
-  section 6): the code halves the Adam lr every ``decay_epochs=40`` of ``epochs=400`` epochs, so
+- Schedules count outer steps, and by default their shape is the code's at any budget: the code halves the Adam lr every ``decay_epochs=40`` of ``epochs=400`` epochs, so
   ``decay_every=None`` means ``outer_steps // 10``; an absolute ``decay_every`` stays possible.
   The code counts epochs over the real training set; on a small training set an epoch-based
   schedule would decay far too early, and a scaled-down CPU run would never decay at all.
@@ -64,8 +63,10 @@ Deviations, and why:
 - ``label_constraint="simplex"`` (an option, not the default) projects the labels onto the
   probability simplex after every Adam step. The code leaves them unconstrained: rows can go
   negative or stop summing to one. The evaluator applies the same soft cross-entropy to ``y`` as
-  given, which is linear in the labels, so an unconstrained set replays exactly. Measured (design.md
-  section 6): the projection is among the changes that cost accuracy, hence not the default.
+  given, which is linear in the labels, so an unconstrained set replays exactly. Measured on
+  mnist-subset (known init, 10 images, 600 outer steps): PyTorch's default init, no decay inside the
+  run and simplex labels reached 28%; xavier init, decay inside the run and unconstrained labels
+  74% (the reference code itself: 62%). The projection is one of those changes, hence not the default.
 - The paper's headline 10- and 5-image MNIST runs use ``distill_steps 1`` (the code README's
   known-init command); the default here is the code's ``distill_steps 10``, so set ``steps=1`` (or
   any divisor of n) for those budgets: n must be a multiple of ``steps``.

@@ -1,0 +1,362 @@
+"""Shared pieces of label distillation (``ld``, ``ld-base``, ``ld-rr``): the base examples, the
+validation split, target minibatches, the code's model-reset rule, validation-based label selection
+and small helpers. Line numbers cite ``label_distillation_or2.py`` of
+github.com/ondrejbohdal/label-distillation at commit 7ebc088 ("the code"); see ``ld.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+MODEL_OPTIMIZERS = ("adam", "sgd")
+TARGET_SAMPLING = ("epochs", "random")
+
+# The code's outer-step budget: 400 epochs over 50,000 MNIST training images in batches of 1,024,
+# i.e. 400 x ceil(50000 / 1024) = 400 x 49 = 19,600 steps (n <= 100 base examples; 800 epochs,
+# 39,200 steps, for n = 200 and 500; CIFAR-10: 400 x 44 = 17,600).
+PAPER_OUTER_STEPS = 19_600
+# The code's validation split of MNIST / KMNIST: 10,000 of 60,000 training images (lines 52-54).
+PAPER_VAL_FRACTION = 1.0 / 6.0
+# The code validates every 5 epochs (``if epoch % 5 == 4``, line 389).
+PAPER_VAL_EVERY_EPOCHS = 5
+
+
+# -- shared pieces (LD, LD-base, LD-RR) ------------------------------------------------------------
+@dataclass
+class BaseExamples:
+    """The fixed real examples LD learns labels for."""
+
+    x: "torch.Tensor"  # [n, *input_shape], a copy of pool rows (never modified)
+    index: "torch.Tensor"  # [n] long (CPU): rows of the pool
+    labels: "torch.Tensor"  # [n] long (CPU): their true labels in the POOL's label space
+    cross: bool  # True when the pool is task.base (another dataset)
+
+    def meta(self, task: Any) -> dict:
+        return {
+            "base": "cross-dataset" if self.cross else "same",
+            "base_dataset": (getattr(task, "base_dataset", "") or "task.base") if self.cross else (task.dataset or "target"),
+            "target_dataset": task.dataset,
+            "base_indices": self.index.tolist(),
+            "base_true_labels": self.labels.tolist(),
+        }
+
+
+def select_base(task: Any, cross_balanced: bool = True) -> BaseExamples:
+    """Draw the n base examples: real, from ``task.base`` if given else the target.
+
+    The FIRST use of ``task.generator`` by LD, LD-base and LD-RR, so for one task seed all three
+    pick exactly the same examples. Within the target dataset the counts and the draw are those of
+    :func:`harness.baseline.random_subset` (``ipc`` per class, or ``n`` spread evenly with the
+    extras on random classes; per class in label order, a random permutation of that class's rows),
+    so for the same generator state LD's base examples are that random subset. Cross-dataset,
+    ``cross_balanced=False`` (the code's "ubl" configs: the first batch of a shuffled loader) draws
+    ``n`` pool rows uniformly at random; True spreads ``n`` evenly over the base pool's own classes
+    (its distinct labels, ascending).
+    """
+    import torch
+
+    from harness.baseline import class_counts_per_budget
+
+    cross = task.base is not None
+    pool_x, pool_y = task.base if cross else (task.x, task.y)
+    if tuple(pool_x.shape[1:]) != tuple(task.x.shape[1:]):
+        raise ValueError(
+            f"base examples have shape {tuple(pool_x.shape[1:])} but the target's inputs have shape "
+            f"{tuple(task.x.shape[1:])}; cross-dataset LD needs a base dataset in the same input space"
+        )
+    y_cpu = pool_y.detach().cpu().long()
+    if cross and not cross_balanced:
+        if len(y_cpu) < task.n:
+            raise ValueError(f"the base dataset has {len(y_cpu)} examples, fewer than the {task.n} base examples requested")
+        index = torch.randperm(len(y_cpu), generator=task.generator)[: task.n]
+        x = pool_x[index.to(pool_x.device)].detach().clone().to(task.device)
+        return BaseExamples(x, index, y_cpu[index], cross)
+    if cross:
+        classes = torch.unique(y_cpu).tolist()
+        counts = class_counts_per_budget(len(classes), None, task.n, task.generator)
+    else:
+        classes = list(range(task.num_classes))
+        counts = class_counts_per_budget(task.num_classes, task.ipc, task.n, task.generator)
+    picked = []
+    where = "base dataset" if cross else "target dataset"
+    for c, k in zip(classes, counts):
+        if k == 0:
+            continue
+        rows = (y_cpu == c).nonzero().flatten()
+        if len(rows) < k:
+            raise ValueError(
+                f"class {c} of the {where} has {len(rows)} examples, fewer than the {k} base examples requested"
+            )
+        picked.append(rows[torch.randperm(len(rows), generator=task.generator)[:k]])
+    index = torch.cat(picked)
+    x = pool_x[index.to(pool_x.device)].detach().clone().to(task.device)
+    return BaseExamples(x, index, y_cpu[index], cross)
+
+
+@dataclass
+class Split:
+    """The target training set split into distillation targets and a held-out validation part."""
+
+    target: "torch.Tensor"  # [m] long (CPU): rows of task.x used as target minibatches
+    val: "torch.Tensor"  # [v] long (CPU): held-out rows of task.x (empty when validation is off)
+
+
+def split_validation(task: Any, base: BaseExamples, fraction: float, enabled: bool) -> Split:
+    """Hold out ``round(fraction * len(task.x))`` random rows of the TRAINING set for validation.
+
+    Drawn from ``task.generator`` right after the base examples, among the rows that are not base
+    examples (the code's base examples come from the part left after its split). The rest, base rows
+    included (as in the code), are the target data. Off: every row is a target row, nothing drawn.
+    """
+    import torch
+
+    rows = torch.arange(len(task.x))
+    if not enabled:
+        return Split(rows, rows[:0])
+    size = int(round(fraction * len(task.x)))
+    candidates = rows
+    if not base.cross:
+        keep = torch.ones(len(task.x), dtype=torch.bool)
+        keep[base.index] = False
+        candidates = rows[keep]
+    if not 1 <= size < len(candidates):
+        raise ValueError(
+            f"val_fraction {fraction:g} of {len(task.x)} training examples gives {size} validation "
+            f"examples; need at least 1 and fewer than the {len(candidates)} non-base rows (or select_best=False)"
+        )
+    val = candidates[torch.randperm(len(candidates), generator=task.generator)[:size]]
+    mask = torch.ones(len(task.x), dtype=torch.bool)
+    mask[val] = False
+    return Split(rows[mask], val.sort().values)
+
+
+class TargetBatches:
+    """Target minibatches: shuffled epochs over ``rows`` with a partial last batch (the code's
+    ``DataLoader(train_set, batch_size, shuffle=True)``), or independent random draws."""
+
+    def __init__(self, rows: "torch.Tensor", batch: int, mode: str, generator: "torch.Generator") -> None:
+        self.rows, self.batch, self.mode, self.generator = rows, min(batch, len(rows)), mode, generator
+        self.per_epoch = math.ceil(len(rows) / self.batch)
+        self.pos = 0
+        self.epoch = 0  # completed epochs
+        self.order = rows
+
+    def next(self) -> tuple["torch.Tensor", bool]:
+        """(row indices of task.x, True if this batch ends an epoch)."""
+        import torch
+
+        if self.mode == "epochs":
+            if self.pos == 0:
+                self.order = self.rows[torch.randperm(len(self.rows), generator=self.generator)]
+            idx = self.order[self.pos * self.batch:(self.pos + 1) * self.batch]
+        else:
+            idx = self.rows[torch.randperm(len(self.rows), generator=self.generator)[: self.batch]]
+        self.pos += 1
+        if self.pos == self.per_epoch:
+            self.pos, self.epoch = 0, self.epoch + 1
+            return idx, True
+        return idx, False
+
+
+def paper_base_batch(n: int) -> int:
+    """The code's base (inner) minibatch size for n base examples: half of them, within [10, 50]
+    (its configs: 10->10, 20->10, 50->25, 100->50, 200->50, 500->50), never more than n."""
+    return min(n, max(10, min(50, n // 2)))
+
+
+def paper_reset_window(n: int, num_classes: int) -> int:
+    """The code's ``stats_gap``: 100 for its targets with more than 10 classes (CIFAR-100, K-49),
+    else 200 when there are more than 100 base examples, else 50."""
+    if num_classes > 10:
+        return 100
+    return 200 if n > 100 else 50
+
+
+class PlateauReset:
+    """The code's model-reset rule (``train``, lines 614-660): reset when the moving average of the
+    online model's error has not reached a new minimum for a while.
+
+    ``update(err)`` takes the error of one outer step (the updated model f_theta' on the target
+    minibatch) and returns True when the model must be reset now. Exactly as the code:
+    1. the first ``window`` errors fill the window; after the ``window``-th the lowest
+       moving-average sum is that window's sum;
+    2. afterwards the window slides by one error per step; a strictly lower sum becomes the new
+       lowest and clears the counter; otherwise the counter grows while it is below ``patience``;
+    3. a step that does not improve when the counter already equals ``patience`` triggers the reset,
+       i.e. the (patience + 1)-th consecutive step without a new minimum. The statistics restart
+       from empty and ``lifetimes`` records the step at which the minimum was reached.
+    The code uses the same value for the window and the patience. Golden-tested against the code's
+    own ``train()`` on scripted error sequences (tests/golden/test_ld.py).
+    """
+
+    def __init__(self, window: int, patience: int | None = None) -> None:
+        if window < 1:
+            raise ValueError(f"reset window must be >= 1, got {window}")
+        self.window = window
+        self.patience = window if patience is None else patience
+        self.lifetimes: list[int] = []
+        self._clear()
+
+    def _clear(self) -> None:
+        self.errors: deque[float] = deque()
+        self.steps = 0  # steps since the last reset (the code's current_num_steps)
+        self.lowest = float("inf")
+        self.since_lowest = 0
+
+    @property
+    def moving_average(self) -> float:
+        return sum(self.errors) / len(self.errors) if self.errors else float("nan")
+
+    def update(self, err: float) -> bool:
+        self.steps += 1
+        self.errors.append(float(err))
+        if len(self.errors) <= self.window:
+            if self.steps == self.window:
+                self.lowest, self.since_lowest = sum(self.errors), 0
+            return False
+        self.errors.popleft()
+        total = sum(self.errors)
+        if total < self.lowest:
+            self.lowest, self.since_lowest = total, 0
+        elif self.since_lowest < self.patience:
+            self.since_lowest += 1
+        else:
+            self.lifetimes.append(self.steps - self.since_lowest - 1)
+            self._clear()
+            return True
+        return False
+
+    def model_lifetime(self) -> int:
+        """The number of training steps the code gives a fresh model (validation and test): the
+        current model's age if it was never reset, else int(mean of the last 3 lifetimes) (lines 391-394)."""
+        if not self.lifetimes:
+            return self.steps
+        last = self.lifetimes[-3:]
+        return int(sum(last) / len(last))
+
+
+@dataclass
+class ValidationSelect:
+    """The code's label selection (lines 388-402): every ``every_epochs`` epochs train a fresh model
+    on the current labels for the average model lifetime, measure its error on the held-out part of
+    the training set, keep the labels if that error is <= the best so far (later labels win ties)."""
+
+    fit_error: Callable[["torch.Tensor", int], float]  # (labels, steps) -> validation error in [0, 1]
+    every_epochs: int = PAPER_VAL_EVERY_EPOCHS
+    best: "torch.Tensor | None" = None
+    best_err: float = float("inf")
+    best_steps: int = 0
+    best_step: int = -1
+    history: list = field(default_factory=list)
+
+    def after_epoch(self, epoch: int, step: int, labels: "torch.Tensor", plateau: PlateauReset) -> None:
+        """Call when epoch ``epoch`` (1-based count of completed epochs) ended at outer step ``step``."""
+        if epoch % self.every_epochs != 0:
+            return
+        steps = plateau.model_lifetime()
+        err = float(self.fit_error(labels.detach(), steps))
+        self.history.append({"step": step, "epoch": epoch, "val_err": err, "train_steps": steps})
+        if err <= self.best_err:
+            self.best, self.best_err, self.best_steps, self.best_step = labels.detach().clone(), err, steps, step
+
+    def result(self, labels: "torch.Tensor", plateau: PlateauReset) -> tuple["torch.Tensor", dict]:
+        if self.best is None:  # no validation ran (budget shorter than every_epochs epochs)
+            return labels.detach().clone(), {"selected": "last (no validation ran)", "val_history": self.history,
+                                             "test_steps": plateau.model_lifetime()}
+        return self.best, {"selected": "best validation", "selected_step": self.best_step,
+                           "val_err": self.best_err, "val_history": self.history, "test_steps": self.best_steps}
+
+
+def validation_generator(task: Any) -> "torch.Generator":
+    """A generator for validation models' minibatches, seeded once from ``task.generator``."""
+    import torch
+
+    seed = int(torch.randint(0, 2**62, (1,), generator=task.generator))
+    return torch.Generator().manual_seed(seed)
+
+
+def top1(logits: "torch.Tensor") -> "torch.Tensor":
+    """Predicted classes as the code's ``compute_error_rate`` takes them: ``topk(1)``. Not argmax:
+    the two break exact ties differently, and ties are real here (LD-RR's logits are all equal while
+    the labels are still uniform, at its first step)."""
+    return logits.topk(1, 1, True, True)[1].squeeze(1)
+
+
+def classification_error(predict: Callable[["torch.Tensor"], "torch.Tensor"], x: "torch.Tensor",
+                         y: "torch.Tensor", batch: int = 1024) -> float:
+    """Top-1 error of ``predict`` (logits) over (x, y), in batches, without gradients."""
+    import torch
+
+    wrong = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            wrong += int((top1(predict(x[i:i + batch])) != y[i:i + batch]).sum())
+    return wrong / max(1, len(x))
+
+
+def uniform_labels(n: int, num_classes: int, device: Any, dtype: Any = None) -> "torch.Tensor":
+    import torch
+
+    return torch.full((n, num_classes), 1.0 / num_classes, device=device, dtype=dtype, requires_grad=True)
+
+
+def renormalise_(labels: "torch.Tensor") -> None:
+    """The code's projection after each label step (lines 594-595): clamp to [0, 1], divide each row
+    by its sum. (A row clamped to all zeros, possible only with very large steps, is set back to
+    uniform; the code would divide by zero.)"""
+    import torch
+
+    with torch.no_grad():
+        labels.clamp_(0.0, 1.0)
+        sums = labels.sum(dim=1, keepdim=True)
+        labels.div_(sums.clamp_min(torch.finfo(labels.dtype).tiny))
+        dead = (sums <= 0).flatten()
+        if bool(dead.any()):
+            labels[dead] = 1.0 / labels.shape[1]
+
+
+def minibatch(size: int, batch: int, generator: "torch.Generator", device: Any) -> "torch.Tensor":
+    """``batch`` distinct random rows out of ``size`` (drawn from ``generator`` on CPU): the code's
+    ``torch.randperm(size)[:batch]``."""
+    import torch
+
+    return torch.randperm(size, generator=generator)[: min(batch, size)].to(device)
+
+
+def check_positive(where: str, **values: Any) -> None:
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{where}.{key} must be a number > 0, got {value!r}")
+
+
+def check_int(where: str, key: str, value: Any, minimum: int, hint: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{where}.{key} must be an int >= {minimum}{hint}, got {value!r}")
+
+
+def check_common(where: str, cfg: Any) -> None:
+    """Validation of the fields LD and LD-RR share (sampling, selection, init)."""
+    from harness.init import check_init_scheme
+
+    if cfg.target_sampling not in TARGET_SAMPLING:
+        raise ValueError(f"{where}.target_sampling must be one of {TARGET_SAMPLING}, got {cfg.target_sampling!r}")
+    for key in ("select_best", "cross_balanced"):
+        if not isinstance(getattr(cfg, key), bool):
+            raise ValueError(f"{where}.{key} must be a bool, got {getattr(cfg, key)!r}")
+    v = cfg.val_fraction
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
+        raise ValueError(f"{where}.val_fraction must be a number in (0, 1), got {v!r}")
+    check_int(where, "val_every_epochs", cfg.val_every_epochs, 1)
+    check_init_scheme(cfg.model_init, f"{where}.model_init")
+
+
+def soft_cross_entropy(logits: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
+    from harness.evaluate import soft_cross_entropy as sce
+
+    return sce(logits, target)
