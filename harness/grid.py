@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import math
 import re
 import tomllib
 import typing
@@ -113,6 +114,8 @@ def _scalar(where: str, value: Any, tp: type, minimum: float | None = None) -> A
         value = float(value)
     if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if tp is float and not math.isfinite(value):  # TOML has nan and inf literals: never a valid setting
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{where}: must be >= {minimum}, got {value!r}")
     return value

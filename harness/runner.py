@@ -128,6 +128,9 @@ def _distill(trial: Trial, ctx: TrialContext, result: TrialResult):
         raise TrialError(f"distiller '{trial.distiller}' returned {type(dset).__name__}, not a DistilledSet")
     dset = dset.detached()
     dset.check(spec.input_shape, spec.num_classes)
+    if trial.n is not None and dset.n != trial.n:  # a budget-free distiller (full) has trial.n None
+        raise TrialError(f"distiller '{trial.distiller}' returned {dset.n} examples for a budget of {trial.n} "
+                         f"({trial.budget}); a distilled set must have exactly the budget's size")
     return dset, measure
 
 

@@ -193,6 +193,31 @@ def test_report_keeps_trials_that_differ_only_in_config_apart(bench, tracking_ur
     assert "| means (smoothing=0.3) |" in text and "| means (smoothing=0.0) |" in text and "| random |" in text
 
 
+@pytest.mark.parametrize("rows, expected", [(slice(None), "returned 90 examples for a budget of 6 (ipc=2)"),
+                                           (slice(0, 0), "returned 0 examples for a budget of 6 (ipc=2)")],
+                         ids=["whole-training-set", "empty"])
+def test_a_set_off_budget_fails_its_trial_and_the_grid_goes_on(bench, tracking_uri, monkeypatch, rows, expected):
+    """The harness enforces the budget: a set bigger (e.g. the whole training set for ipc = 1) or
+    smaller than ipc x C would otherwise be FINISHED and top its table."""
+    import plugins_for_tests
+
+    def off_budget(self, task):
+        import torch
+
+        y = torch.nn.functional.one_hot(task.y[rows], task.num_classes).float()
+        return DistilledSet(task.x[rows].clone(), y)
+
+    monkeypatch.setattr(plugins_for_tests.ClassMeans, "distill", off_budget)
+    doc = {"name": "tiny-bench", "seeds": [0], "device": "cpu", "eval": {"models": 1, "epochs": 1},
+           "grid": [{"distiller": ["means", "random"], "dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [2]}]}
+    _, outcome = bench(doc)
+    assert (outcome.passed, outcome.failed) == (1, 1)
+    _, runs = children(tracking_uri)
+    [failed] = [r for r in runs if r.info.status == "FAILED"]
+    assert failed.data.params["distiller"] == "means"
+    assert failed.data.tags["error"] == f"TrialError: distiller 'means' {expected}; a distilled set must have exactly the budget's size"
+
+
 def test_report_on_a_missing_experiment_is_a_clear_error(tracking_uri):
     from harness.errors import HarnessError
 

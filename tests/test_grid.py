@@ -677,3 +677,14 @@ def test_select_trials_keeps_matching_labels_with_their_keys(tiny_plugins):
     with pytest.raises(ConfigError, match=r"^--only nope: no trial of grid 'grid' matches; trial names look like "):
         select_trials(grid, ["nope"])
 
+
+
+@pytest.mark.parametrize("section, key, literal", [
+    ("eval", "lr", "nan"), ("eval", "momentum", "inf"), ("eval", "weight_decay", "-inf"),
+    ("distillers.means", "lr", "nan"),
+])
+def test_non_finite_numbers_are_rejected_before_compute(tiny_plugins, section, key, literal):
+    """TOML has nan/inf literals; a run with them would finish at chance accuracy, looking valid."""
+    doc = apply_overrides(grid_doc({"distiller": ["means"]}), [f"{section}.{key}={literal}"])
+    with pytest.raises(ConfigError, match=rf"{key}: must be a finite number, got -?(nan|inf)"):
+        build_grid(doc, tiny_plugins)
