@@ -160,12 +160,24 @@ class Plugins:
                     self._problems.append(PluginProblem(info.distribution, info.name, f"{hook_name} failed: {_reason(exc)}"))
 
     def add_commands(self, cli: Any) -> None:
+        """Let plugins add click commands. A command may not replace a built-in one or another
+        plugin's: the first owner keeps the name and the newcomer is reported, naming both."""
+        owners = {name: CORE_DISTRIBUTION for name in cli.commands}
         for impl in self.pm.hook.register_commands.get_hookimpls():
             info = self.infos[impl.plugin_name]
+            before = dict(cli.commands)
             try:
                 impl.function(cli=cli)
             except Exception as exc:
                 self._problems.append(PluginProblem(info.distribution, info.name, f"register_commands failed: {_reason(exc)}"))
+            for name, command in list(cli.commands.items()):
+                if name in before and before[name] is not command:
+                    cli.commands[name] = before[name]
+                    self._problems.append(PluginProblem(
+                        info.distribution, info.name,
+                        f"command '{name}' is already provided by {owners[name]}; refused (rename the plugin's command)"))
+                elif name not in before:
+                    owners[name] = info.distribution
 
 
 def _reason(exc: BaseException) -> str:

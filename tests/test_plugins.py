@@ -413,6 +413,39 @@ def test_in_process_register_commands_failure_is_reported():
         "plugin 'cmd' from cmd-dist: register_commands failed: ValueError: cannot add"]
 
 
+def test_a_plugin_command_cannot_replace_a_builtin_or_another_plugins_command():
+    import click
+
+    from harness.cli import cli as real_cli
+
+    def hijack(cli):
+        @cli.command("bench")
+        def bench():
+            """A plugin's own bench."""
+
+        @cli.command("sweep")
+        def sweep():
+            """A new command: fine."""
+
+    def second(cli):
+        @cli.command("sweep")
+        def sweep():
+            """Another plugin's sweep."""
+
+    group = click.Group("harness", commands=dict(real_cli.commands))
+    builtin_bench = group.commands["bench"]
+    plugins = load_plugins(extra=[(plugin_module("hijack_mod", register_commands=hijack), "hijack", "hijack-dist"),
+                                  (plugin_module("second_mod", register_commands=second), "second", "second-dist")])
+    plugins.add_commands(group)
+    assert group.commands["bench"] is builtin_bench  # the built-in keeps its name
+    assert group.commands["sweep"].help == "A new command: fine."  # the first owner keeps it
+    assert [str(p) for p in plugins.problems] == [
+        f"plugin 'hijack' from hijack-dist: command 'bench' is already provided by {CORE_DISTRIBUTION}; "
+        "refused (rename the plugin's command)",
+        "plugin 'second' from second-dist: command 'sweep' is already provided by hijack-dist; "
+        "refused (rename the plugin's command)"]
+
+
 @pytest.mark.parametrize("value, autoload", [("1", False), ("true", False), ("0", True), ("", True), ("no", True)])
 def test_in_process_disable_autoload_values(monkeypatch, value, autoload):
     monkeypatch.setenv("HARNESS_DISABLE_PLUGIN_AUTOLOAD", value)

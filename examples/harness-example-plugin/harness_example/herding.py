@@ -58,7 +58,7 @@ class ExampleHerding:
         import torch
         import torch.nn.functional as F
 
-        from harness.baseline import class_counts_per_budget
+        from harness import class_counts_per_budget
 
         cfg = task.config
         counts = class_counts_per_budget(task.num_classes, task.ipc, task.n, task.generator)

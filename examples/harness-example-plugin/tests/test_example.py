@@ -51,7 +51,7 @@ def test_dataset_is_deterministic_and_well_formed():
 
 def test_the_harness_sees_the_plugin():
     """Needs the distribution installed (`pip install -e .`): the entry point is what the harness reads."""
-    from harness.plugins import load_plugins
+    from harness import load_plugins
 
     plugins = load_plugins()
     assert not [p for p in plugins.problems if p.distribution == "harness-example-plugin"]

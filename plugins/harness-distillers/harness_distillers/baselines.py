@@ -18,7 +18,7 @@ class RandomSubset:
         pass  # no hyperparameters: ipc (or n) and the seed define the subset
 
     def distill(self, task) -> DistilledSet:
-        from harness.baseline import random_subset
+        from harness import random_subset
 
         task.expect_steps(1)
         dset = random_subset(task.x, task.y, task.num_classes, task.ipc, task.n, task.generator)

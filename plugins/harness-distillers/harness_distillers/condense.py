@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import DistilledSet
-from harness.augment import DSA, DSAParams, draw_seed
-from harness.errors import TrialError
+from harness import DSA, DSAParams, dsa_draw_seed
+from harness import TrialError
 
 
 def images_per_class(n: int, num_classes: int, method: str) -> int:
@@ -58,7 +58,7 @@ class Randomness:
         return torch.randperm(n, generator=self.generator)
 
     def dsa_seed(self, siamese: bool) -> int:
-        return draw_seed(self.generator)
+        return dsa_draw_seed(self.generator)
 
 
 def initial_images(task, ipc: int, init: str, rand: Randomness) -> torch.Tensor:

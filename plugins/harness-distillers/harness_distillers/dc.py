@@ -54,9 +54,9 @@ import torch
 import torch.nn.functional as F
 
 from harness import Capabilities
-from harness.augment import STRATEGY, DSA, DSAParams
-from harness.errors import TrialError
-from harness.init import check_init_scheme
+from harness import DSA, DSA_STRATEGY, DSAParams
+from harness import TrialError
+from harness import check_init_scheme
 
 from .checks import check_bool, check_choice, check_fraction, check_int, check_positive
 from .condense import (Randomness, class_labels, condensed_set, dsa_for, freeze_batchnorm, has_batchnorm,
@@ -136,7 +136,7 @@ class DC:
         batch_train: int = 256
         init: str = "noise"
         dsa: bool = False
-        dsa_strategy: str = STRATEGY
+        dsa_strategy: str = DSA_STRATEGY
         model_init: str = "default"
 
         def __post_init__(self) -> None:

@@ -46,9 +46,9 @@ from dataclasses import dataclass
 import torch
 
 from harness import Capabilities
-from harness.augment import STRATEGY, DSA, DSAParams
-from harness.errors import TrialError
-from harness.init import check_init_scheme
+from harness import DSA, DSA_STRATEGY, DSAParams
+from harness import TrialError
+from harness import check_init_scheme
 
 from .checks import check_bool, check_choice, check_fraction, check_int, check_positive
 from .condense import (Embedding, Randomness, condensed_set, dsa_for, has_batchnorm, image_optimizer,
@@ -96,7 +96,7 @@ class DM:
         batch_real: int = 256
         init: str = "real"
         dsa: bool = True
-        dsa_strategy: str = STRATEGY
+        dsa_strategy: str = DSA_STRATEGY
         model_init: str = "default"
 
         def __post_init__(self) -> None:

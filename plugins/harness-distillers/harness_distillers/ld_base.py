@@ -95,7 +95,7 @@ class LDBase:
         """Init of the validation model (the code: PyTorch's default)."""
 
         def __post_init__(self) -> None:
-            from harness.init import check_init_scheme
+            from harness import check_init_scheme
 
             s = self.label_smoothing
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:

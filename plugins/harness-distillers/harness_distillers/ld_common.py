@@ -61,7 +61,7 @@ def select_base(task: Any, cross_balanced: bool = True) -> BaseExamples:
     """
     import torch
 
-    from harness.baseline import class_counts_per_budget
+    from harness import class_counts_per_budget
 
     cross = task.base is not None
     pool_x, pool_y = task.base if cross else (task.x, task.y)
@@ -342,7 +342,7 @@ def check_int(where: str, key: str, value: Any, minimum: int, hint: str = "") ->
 
 def check_common(where: str, cfg: Any) -> None:
     """Validation of the fields LD and LD-RR share (sampling, selection, init)."""
-    from harness.init import check_init_scheme
+    from harness import check_init_scheme
 
     if cfg.target_sampling not in TARGET_SAMPLING:
         raise ValueError(f"{where}.target_sampling must be one of {TARGET_SAMPLING}, got {cfg.target_sampling!r}")
@@ -357,6 +357,6 @@ def check_common(where: str, cfg: Any) -> None:
 
 
 def soft_cross_entropy(logits: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
-    from harness.evaluate import soft_cross_entropy as sce
+    from harness import soft_cross_entropy as sce
 
     return sce(logits, target)

@@ -85,9 +85,9 @@ from torch import nn
 from torch.func import functional_call
 
 from harness import Capabilities, DistilledSet
-from harness.errors import TrialError
-from harness.evaluate import soft_cross_entropy
-from harness.init import check_init_scheme
+from harness import TrialError
+from harness import soft_cross_entropy
+from harness import check_init_scheme
 
 from .checks import check_choice, check_int, check_positive
 

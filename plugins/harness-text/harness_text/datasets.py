@@ -118,7 +118,7 @@ def load(name: str, embedding: str, split: str, data_dir: Path | None) -> tuple[
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if data_dir is None:
-        from harness.data import default_data_dir
+        from harness import default_data_dir
 
         data_dir = default_data_dir()
     data_dir = Path(data_dir).expanduser()

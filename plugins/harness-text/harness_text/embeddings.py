@@ -77,7 +77,7 @@ def _data_dir(key: str, data_dir: Path | None) -> Path:
         return Path(data_dir)
     if key in _LAST_DIR:
         return _LAST_DIR[key]
-    from harness.data import default_data_dir
+    from harness import default_data_dir
 
     return default_data_dir()
 

@@ -116,7 +116,7 @@ def load(name: str, split: str, data_dir: Path | None) -> tuple[Any, Any]:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     entry = BY_NAME[name]
     if data_dir is None:
-        from harness.data import default_data_dir
+        from harness import default_data_dir
 
         data_dir = default_data_dir()
     ds = open_dataset(entry, split, Path(data_dir).expanduser())
