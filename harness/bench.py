@@ -33,21 +33,16 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
     from rich.console import Console
 
     from . import __version__
-    from .data import DataCache, check_budgets, default_data_dir, device_name, resolve_device
+    from .data import device_name
+    from .plan import prepare
     from .progress import BenchProgress
     from .report import leaderboard, runs_frame, to_markdown
     from .runner import TrialContext, run_trial
     from .tracking import Tracker
 
     console = console or Console(stderr=False)
-    dev = resolve_device(device or grid.device)
-    data = DataCache(plugins, Path(data_dir) if data_dir else default_data_dir(), dev)
-    for trial in grid.trials:  # every dataset is loaded (or found missing) before any compute
-        for name in {trial.dataset, trial.base_dataset}:
-            data.get(name, "train")
-        data.get(trial.dataset, "test")
-    check_budgets(grid.trials, plugins, data)
-    check_architectures(grid.trials, plugins)
+    plan = prepare(grid, plugins, data_dir, device)  # every check that needs data, before compute
+    data, dev = plan.data, plan.device
 
     tracker = Tracker(tracking_uri)
     exp_id = tracker.experiment_id(grid.name)
@@ -95,23 +90,3 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
                           {"trials_passed": passed, "trials_failed": failed, "trials_skipped": skipped})
     return BenchOutcome(grid.name, passed, failed, skipped, board, parent, tracker.uri)
 
-
-def check_architectures(trials: list, plugins: Any) -> None:
-    """Before compute: build every (architecture, dataset) pair once and run a tiny forward pass,
-    so an architecture that cannot take a dataset's input size fails as one clear line."""
-    import torch
-
-    from .errors import ConfigError
-
-    pairs = {(a, t.dataset) for t in trials for a in {t.arch, *(r.arch for r in t.recipes)}}
-    for arch, dataset in sorted(pairs):
-        spec = plugins.datasets.get(dataset)
-        try:
-            model = plugins.architectures.get(arch).build(spec.input_shape, spec.num_classes)
-            with torch.no_grad():
-                out = model.eval()(torch.zeros(2, *spec.input_shape))
-            if tuple(out.shape) != (2, spec.num_classes):
-                raise ValueError(f"it outputs shape {tuple(out.shape)}, expected (batch, {spec.num_classes})")
-        except Exception as exc:
-            raise ConfigError(f"architecture '{arch}' cannot take dataset '{dataset}' "
-                              f"({'x'.join(map(str, spec.input_shape))}): {exc}; pick another architecture") from None

@@ -80,14 +80,17 @@ def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume) ->
 @click.argument("grid_file", type=click.Path(path_type=Path))
 @set_option
 @only_option
-def validate(grid_file, overrides, only) -> None:
-    """Check GRID_FILE (and overrides) without running anything."""
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="HARNESS_DATA_DIR",
+              help="Where datasets live [env HARNESS_DATA_DIR; default ~/.cache/distill-harness/data].")
+def validate(grid_file, overrides, only, data_dir) -> None:
+    """Check GRID_FILE (and overrides) as `bench` would before computing: names, types, budgets
+    against the real data, architectures against the datasets. Loads the data; trains nothing."""
     from .grid import load_grid, select_trials
+    from .plan import prepare
 
-    grid = select_trials(load_grid(grid_file, list(overrides), _plugins()), only)
-    recipes = {r.label for t in grid.trials for r in t.recipes}
-    click.echo(f"ok: grid '{grid.name}' has {len(grid.trials)} trials over seeds {grid.seeds}; "
-               f"recipes: {', '.join(sorted(recipes))}")
+    plugins = _plugins()
+    grid = select_trials(load_grid(grid_file, list(overrides), plugins), only)
+    click.echo(prepare(grid, plugins, data_dir).describe())
 
 
 @cli.command()

@@ -80,7 +80,17 @@ def test_validate_with_overrides(tmp_path):
     (tmp_path / "grid.toml").write_text(GOOD)
     proc = harness_cli("validate", "grid.toml", "--set", "seeds=[1,2,3]", "--set", "grid.ipc=[1, 2]", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "ok: grid 'cli-test' has 9 trials over seeds [1, 2, 3]; recipes: mlp/sgd\n"
+    assert proc.stdout.startswith("ok: grid 'cli-test' has 9 trials over seeds [1, 2, 3]; recipes: mlp/sgd\n"
+                                  "data: digits (1,438 train / 359 test) from ")
+
+
+def test_validate_checks_budgets_against_the_real_data_as_bench_does(tmp_path):
+    """validate and bench share one plan: an ipc the data cannot give fails validate too."""
+    (tmp_path / "grid.toml").write_text(GOOD)
+    proc = harness_cli("validate", "grid.toml", "--set", "grid.ipc=[1000]", cwd=tmp_path)
+    assert_one_error_line(proc, "trial random/digits/mlp/ipc1000/seed0: ipc = 1000 but class",
+                          "of 'digits' has only", "training examples; use ipc <= ")
+    assert proc.stdout == ""
 
 
 @pytest.mark.parametrize("args, fragments", [

@@ -159,7 +159,7 @@ def test_unsupported_inputs_raise_a_clear_value_error(vision_archs, name, shape,
 
 
 def test_bench_turns_an_unsupported_input_into_a_config_error(vision_archs):
-    from harness.bench import check_architectures
+    from harness.plan import check_architectures
     from harness.errors import ConfigError
     from harness.plugins import load_plugins
 
