@@ -156,7 +156,7 @@ class Plugins:
 
                 try:
                     impl.function(register=register)
-                except Exception as exc:
+                except (Exception, SystemExit) as exc:  # plugin code never ends the process
                     self._problems.append(PluginProblem(info.distribution, info.name, f"{hook_name} failed: {_reason(exc)}"))
 
     def add_commands(self, cli: Any) -> None:
@@ -168,7 +168,7 @@ class Plugins:
             before = dict(cli.commands)
             try:
                 impl.function(cli=cli)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 self._problems.append(PluginProblem(info.distribution, info.name, f"register_commands failed: {_reason(exc)}"))
             for name, command in list(cli.commands.items()):
                 if name in before and before[name] is not command:
@@ -181,6 +181,8 @@ class Plugins:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: plugin code called sys.exit({exc.code!r})"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
@@ -218,7 +220,7 @@ def load_plugins(extra: Iterable[tuple[object, str, str]] = ()) -> Plugins:
         version = ep.dist.version if ep.dist else ""
         try:
             module = ep.load()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # e.g. a module calling sys.exit() on import
             plugins._problems.append(PluginProblem(dist, ep.name, f"failed to import {ep.value}: {_reason(exc)}"))
             continue
         plugins.add(module, ep.name, dist, version)

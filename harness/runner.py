@@ -76,9 +76,10 @@ def run_trial(trial: Trial, ctx: TrialContext) -> TrialResult:
         result.artifacts_dir = _write_artifacts(trial, ctx, dset)
     except KeyboardInterrupt:
         raise
-    except Exception as exc:  # the grid goes on; the error is recorded on the trial's run
+    except (Exception, SystemExit) as exc:  # the grid goes on (even if a distiller calls sys.exit)
         result.status = FAILED
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = (f"distiller code called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
+                 else (str(exc).strip().splitlines() or [""])[0])
         result.error = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         result.traceback = traceback.format_exc()
     if progress:

@@ -218,6 +218,22 @@ def test_a_set_off_budget_fails_its_trial_and_the_grid_goes_on(bench, tracking_u
     assert failed.data.tags["error"] == f"TrialError: distiller 'means' {expected}; a distilled set must have exactly the budget's size"
 
 
+def test_a_distiller_calling_sys_exit_fails_only_its_trial(bench, tracking_uri, monkeypatch):
+    import plugins_for_tests
+
+    def exits(self, task):
+        sys.exit(0)
+
+    monkeypatch.setattr(plugins_for_tests.ClassMeans, "distill", exits)
+    doc = {"name": "tiny-bench", "seeds": [0], "device": "cpu", "eval": {"models": 1, "epochs": 1},
+           "grid": [{"distiller": ["means", "random"], "dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [1]}]}
+    _, outcome = bench(doc)
+    assert (outcome.passed, outcome.failed) == (1, 1)
+    _, runs = children(tracking_uri)
+    [failed] = [r for r in runs if r.info.status == "FAILED"]
+    assert failed.data.tags["error"] == "SystemExit: distiller code called sys.exit(0)"
+
+
 def test_report_on_a_missing_experiment_is_a_clear_error(tracking_uri):
     from harness.errors import HarnessError
 

@@ -108,6 +108,29 @@ def test_builtin_plugins_load_through_entry_points(tmp_path):
         assert dists[dist]["version"] == metadata.version(dist) != ""
 
 
+def test_a_plugin_calling_sys_exit_on_import_cannot_end_the_process(tmp_path):
+    """SystemExit is not an Exception: without care, a plugin's sys.exit(3) made even --help exit 3."""
+    site = make_dist(tmp_path, {"mydist_exits": "import sys\nsys.exit(3)\n"}, {"exits": "mydist_exits"})
+    helped = harness_cli("--help", cwd=tmp_path, site=site)
+    assert helped.returncode == 0 and "bench" in helped.stdout, helped.stderr
+    doc = plugins_json(tmp_path, site)
+    assert doc["problems"] == [{"plugin": "exits", "distribution": "mydist",
+                                "reason": "failed to import mydist_exits: SystemExit: plugin code called sys.exit(3)"}]
+    assert_builtins_work(doc)
+
+
+def test_a_hook_calling_sys_exit_is_contained():
+    import sys as _sys
+
+    def exits(register):
+        _sys.exit(0)
+
+    plugins = load_plugins(extra=[(plugin_module("exit_mod", register_distillers=exits), "exit", "exit-dist")])
+    assert "random" in plugins.distillers  # the others registered
+    assert [str(p) for p in plugins.problems] == [
+        "plugin 'exit' from exit-dist: register_distillers failed: SystemExit: plugin code called sys.exit(0)"]
+
+
 def test_plugin_that_fails_to_import_is_reported_and_others_work(tmp_path):
     site = make_dist(tmp_path, {"mydist_broken": BROKEN, "mydist_ok": VALID_PLUGIN},
                      {"broken": "mydist_broken", "ok": "mydist_ok"})
