@@ -14,7 +14,8 @@ from typing import Any
 from .errors import ConfigError, DatasetUnavailableError, HarnessError, TrialError
 from .hookspecs import hookimpl
 from .init import INIT_SCHEMES, check_init_scheme, init_model
-from .specs import ArchitectureSpec, Capabilities, DatasetSpec, DistilledSet, Distiller, DistillTask
+from .specs import (ArchitectureSpec, Capabilities, DataContext, DatasetSpec, DistilledSet, Distiller,
+                    DistillTask)
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "ArchitectureSpec",
     "Capabilities",
     "ConfigError",
+    "DataContext",
     "DatasetSpec",
     "DatasetUnavailableError",
     "DistilledSet",

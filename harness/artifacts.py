@@ -11,7 +11,7 @@ MAX_LABEL_ROWS = 200
 MAX_TEXT_EXAMPLES = 500
 
 
-def write_figures(dset: Any, spec: Any, out: Path) -> list[Path]:
+def write_figures(dset: Any, spec: Any, out: Path, ctx: Any = None) -> list[Path]:
     """Write ``images.png`` (image data), ``examples.txt`` (when the dataset can decode its inputs)
     and ``labels.png``; returns the files written."""
     import matplotlib
@@ -23,7 +23,7 @@ def write_figures(dset: Any, spec: Any, out: Path) -> list[Path]:
     if spec.modality == "image" and len(spec.input_shape) == 3:
         written.append(_image_grid(dset, spec, out / "images.png", plt))
     if spec.decode is not None:
-        written.append(_examples_text(dset, spec, out / "examples.txt"))
+        written.append(_examples_text(dset, spec, out / "examples.txt", ctx))
     rows = dset.y[:MAX_LABEL_ROWS].numpy()
     fig, ax = plt.subplots(figsize=(max(4, rows.shape[1] * 0.4), max(2, min(rows.shape[0], 60) * 0.15)))
     im = ax.imshow(rows, aspect="auto", cmap="viridis")
@@ -66,9 +66,9 @@ def _image_grid(dset: Any, spec: Any, path: Path, plt: Any) -> Path:
     return path
 
 
-def _examples_text(dset: Any, spec: Any, path: Path) -> Path:
+def _examples_text(dset: Any, spec: Any, path: Path, ctx: Any) -> Path:
     """One line per example: its label (top classes with their weights) and the decoded input."""
-    texts = spec.decode(dset.x[:MAX_TEXT_EXAMPLES])
+    texts = spec.decode(dset.x[:MAX_TEXT_EXAMPLES], ctx)
     names = spec.classes or [str(c) for c in range(spec.num_classes)]
     lines = []
     for i, text in enumerate(texts):

@@ -49,7 +49,10 @@ class DataCache:
     """(dataset, split) -> (x, y) in input space on ``device``; each loaded once."""
 
     def __init__(self, plugins: Any, data_dir: Path, device: Any):
+        from .specs import DataContext
+
         self.plugins, self.data_dir, self.device = plugins, Path(data_dir), device
+        self.ctx = DataContext(self.data_dir, device)  # what dataset hooks receive
         self._cache: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def get(self, name: str, split: str) -> tuple[Any, Any]:
@@ -83,7 +86,7 @@ class DataCache:
 
         spec = self.plugins.datasets.get(name)
         try:
-            x, y = spec.load(split, self.data_dir)
+            x, y = spec.load(split, self.ctx)
         except HarnessError:
             raise
         except Exception as exc:  # a loader bug or unreadable files: say which dataset
@@ -95,7 +98,7 @@ class DataCache:
         if int(y.min()) < 0 or int(y.max()) >= spec.num_classes:
             raise HarnessError(f"{where}: labels must lie in [0, {spec.num_classes})")
         if spec.encoder is not None:
-            x = encode(spec.encoder(), x, self.device)
+            x = encode(spec.encoder(self.ctx), x, self.device)
         x = x.float()
         if tuple(x.shape[1:]) != spec.input_shape:
             raise HarnessError(f"{where}: inputs have shape {tuple(x.shape[1:])}, spec says {spec.input_shape}")

@@ -216,5 +216,5 @@ def _write_artifacts(trial: Trial, ctx: TrialContext, dset: Any) -> str:
          "recipes": [r.params("") for r in trial.recipes]}, indent=2, default=str))
     if dset.n <= MAX_SAVED_EXAMPLES:
         dset.save(out / "distilled.safetensors")
-    write_figures(dset, spec, out)
+    write_figures(dset, spec, out, ctx.data.ctx)
     return str(out)

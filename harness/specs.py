@@ -32,16 +32,32 @@ def check_name(kind: str, name: object) -> str:
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
-    """A dataset plugin.
+class DataContext:
+    """What dataset hooks are given: the data directory (``--data-dir`` / ``HARNESS_DATA_DIR``) and
+    the device the data will live on. It is also path-like (``Path(ctx)``, ``os.fspath(ctx)`` and
+    ``str(ctx)`` give the data directory), so a loader written for a plain directory works as is."""
 
-    ``load(split, data_dir)`` returns ``(x, y)``: a float tensor ``[N, *input_shape]`` (or raw
+    data_dir: Path
+    device: Any = "cpu"
+
+    def __fspath__(self) -> str:
+        return str(self.data_dir)
+
+    def __str__(self) -> str:
+        return str(self.data_dir)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset plugin. Every hook receives a :class:`DataContext` ``ctx`` (data directory, device).
+
+    ``load(split, ctx)`` returns ``(x, y)``: a float tensor ``[N, *input_shape]`` (or raw
     inputs such as token ids when ``encoder`` is given) and a long tensor of labels in
     ``[0, num_classes)``; ``split`` is ``"train"`` or ``"test"``. Raise
     :class:`harness.DatasetUnavailableError` when the files are missing and cannot be fetched.
-    ``encoder()`` optionally returns a frozen ``nn.Module`` mapping raw x into the continuous
+    ``encoder(ctx)`` optionally returns a frozen ``nn.Module`` mapping raw x into the continuous
     space where distillation happens; ``input_shape`` is the shape in that space.
-    ``decode(x)`` optionally renders a batch in input space as one readable string per example
+    ``decode(x, ctx)`` optionally renders a batch in input space as one readable string per example
     (text: each position's nearest vocabulary word); reports save it as ``examples.txt``.
     """
 
@@ -50,10 +66,10 @@ class DatasetSpec:
     input_shape: tuple[int, ...]
     _: KW_ONLY
     modality: str = "image"
-    load: Callable[[str, Path], tuple["torch.Tensor", "torch.Tensor"]] | None = None
-    encoder: Callable[[], "nn.Module"] | None = None
+    load: Callable[[str, DataContext], tuple["torch.Tensor", "torch.Tensor"]] | None = None
+    encoder: Callable[[DataContext], "nn.Module"] | None = None
     classes: Sequence[str] | None = None
-    decode: Callable[["torch.Tensor"], list[str]] | None = None
+    decode: Callable[["torch.Tensor", DataContext], list[str]] | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -70,11 +86,11 @@ class DatasetSpec:
         if self.modality not in MODALITIES:
             raise SpecError(f"{where}: modality must be one of {MODALITIES}, got {self.modality!r}")
         if not callable(self.load):
-            raise SpecError(f"{where}: load must be a callable load(split, data_dir) -> (x, y)")
+            raise SpecError(f"{where}: load must be a callable load(split, ctx) -> (x, y)")
         if self.encoder is not None and not callable(self.encoder):
-            raise SpecError(f"{where}: encoder must be a callable returning an nn.Module, or None")
+            raise SpecError(f"{where}: encoder must be a callable encoder(ctx) returning an nn.Module, or None")
         if self.decode is not None and not callable(self.decode):
-            raise SpecError(f"{where}: decode must be a callable decode(x) -> list[str], or None")
+            raise SpecError(f"{where}: decode must be a callable decode(x, ctx) -> list[str], or None")
         if self.classes is not None:
             if len(self.classes) != self.num_classes:
                 raise SpecError(

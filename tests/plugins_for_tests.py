@@ -94,7 +94,7 @@ def _tiny_text(split, data_dir):
     return x.reshape(len(x), 4, 4), y
 
 
-def _decode_tiny_text(x):
+def _decode_tiny_text(x, ctx):
     """A stand-in for nearest-word decoding: each position's first coordinate, as a 'word'."""
     return [" ".join(f"w{v:+.0f}" for v in row[:, 0].tolist()) for row in x]
 

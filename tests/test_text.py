@@ -386,7 +386,10 @@ def test_glove100_from_the_data_directory(tmp_path, offline, as_zip):
     assert ids.shape == (2, 40) and y.tolist() == [5, 3]
     source = embeddings.locate("glove100", tmp_path)
     assert embeddings.vectors("glove100", source)[0] == words  # "null", "nan" stay words
-    enc = embeddings.make_encoder("glove100")
+    from harness import DataContext
+
+    ctx = DataContext(tmp_path)  # what the harness passes to encoder(ctx) and decode(x, ctx): no global state
+    enc = embeddings.make_encoder("glove100", ctx)
     assert enc.weight.shape == (len(words) + 2, 100)
-    assert embeddings.decode("glove100", enc(ids)) == ["how <unk> <unk> <unk> <unk> a <unk> <unk> <unk> <unk> ?",
-                                                       "who <unk> <unk> ?"]
+    assert embeddings.decode("glove100", enc(ids), ctx) == ["how <unk> <unk> <unk> <unk> a <unk> <unk> <unk> <unk> ?",
+                                                            "who <unk> <unk> ?"]

