@@ -28,6 +28,7 @@ _LAZY = {
     "dsa_draw_seed": ("augment", "draw_seed"),
     "random_subset": ("baseline", "random_subset"),  # the class-balanced random real subset
     "class_counts_per_budget": ("baseline", "class_counts_per_budget"),
+    "class_balanced_indices": ("baseline", "class_balanced_indices"),
     "default_data_dir": ("data", "default_data_dir"),  # --data-dir / HARNESS_DATA_DIR / the default
     "load_plugins": ("plugins", "load_plugins"),  # what the harness sees (for plugin authors' tests)
 }

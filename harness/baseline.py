@@ -19,20 +19,28 @@ def class_counts_per_budget(num_classes: int, ipc: int | None, n: int, generator
     return counts
 
 
+def class_balanced_indices(y: torch.Tensor, classes: list[int], counts: list[int], generator: torch.Generator,
+                           what: str = "examples") -> torch.Tensor:
+    """Rows of ``y`` (CPU long tensor): for each class in ``classes`` (in that order), the first
+    ``count`` of a random permutation of that class's rows. The one class-balanced draw of the
+    harness: the random baseline, the ``random`` distiller and LD's base examples all use it, so for
+    the same generator state they pick the same rows."""
+    picked = []
+    for c, k in zip(classes, counts):
+        if k == 0:
+            continue
+        rows = (y == c).nonzero().flatten()
+        if len(rows) < k:
+            raise ValueError(f"class {c} has {len(rows)} examples, fewer than the {k} {what} requested")
+        picked.append(rows[torch.randperm(len(rows), generator=generator)[:k]])
+    return torch.cat(picked) if picked else torch.empty(0, dtype=torch.long)
+
+
 def random_subset(x: torch.Tensor, y: torch.Tensor, num_classes: int, ipc: int | None, n: int,
                   generator: torch.Generator) -> DistilledSet:
     """A class-balanced random subset of real examples with one-hot labels."""
     counts = class_counts_per_budget(num_classes, ipc, n, generator)
-    y_cpu = y.cpu()
-    picked = []
-    for c, k in enumerate(counts):
-        if k == 0:
-            continue
-        idx = (y_cpu == c).nonzero().flatten()
-        if len(idx) < k:
-            raise ValueError(f"class {c} has {len(idx)} examples, fewer than the {k} requested")
-        picked.append(idx[torch.randperm(len(idx), generator=generator)[:k]])
-    index = torch.cat(picked).to(x.device)
+    index = class_balanced_indices(y.cpu(), list(range(num_classes)), counts, generator).to(x.device)
     return DistilledSet(
         x=x[index].clone(),
         y=F.one_hot(y[index], num_classes).float(),

@@ -61,7 +61,7 @@ def select_base(task: Any, cross_balanced: bool = True) -> BaseExamples:
     """
     import torch
 
-    from harness import class_counts_per_budget
+    from harness import class_balanced_indices, class_counts_per_budget
 
     cross = task.base is not None
     pool_x, pool_y = task.base if cross else (task.x, task.y)
@@ -83,18 +83,8 @@ def select_base(task: Any, cross_balanced: bool = True) -> BaseExamples:
     else:
         classes = list(range(task.num_classes))
         counts = class_counts_per_budget(task.num_classes, task.ipc, task.n, task.generator)
-    picked = []
     where = "base dataset" if cross else "target dataset"
-    for c, k in zip(classes, counts):
-        if k == 0:
-            continue
-        rows = (y_cpu == c).nonzero().flatten()
-        if len(rows) < k:
-            raise ValueError(
-                f"class {c} of the {where} has {len(rows)} examples, fewer than the {k} base examples requested"
-            )
-        picked.append(rows[torch.randperm(len(rows), generator=task.generator)[:k]])
-    index = torch.cat(picked)
+    index = class_balanced_indices(y_cpu, classes, counts, task.generator, f"base examples (of the {where})")
     x = pool_x[index.to(pool_x.device)].detach().clone().to(task.device)
     return BaseExamples(x, index, y_cpu[index], cross)
 
