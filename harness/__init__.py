@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 # public name -> (core module, attribute): imported lazily (they import torch or the plugin layer)
 _LAZY = {
     "soft_cross_entropy": ("evaluate", "soft_cross_entropy"),  # the loss every recipe trains with
+    "unroll_gd": ("evaluate", "unroll_gd"),  # unrolled GD on a set (SLDD/DD inner loop, "distilled" replay)
     "DSA": ("augment", "DSA"),  # differentiable siamese augmentation (Zhao & Bilen 2021)
     "DSAParams": ("augment", "DSAParams"),
     "DSA_STRATEGY": ("augment", "STRATEGY"),

@@ -121,6 +121,24 @@ def _train_ld_protocol(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps
     return model
 
 
+def unroll_gd(model: nn.Module, params: dict[str, torch.Tensor], xs: list[torch.Tensor], ys: list[torch.Tensor],
+              lrs: torch.Tensor, create_graph: bool = True) -> dict[str, torch.Tensor]:
+    """``len(lrs)`` plain GD steps of ``model`` from ``params`` (name -> tensor): step i on batch
+    ``i mod len(xs)`` with step size ``lrs[i]`` and the soft-label cross-entropy. With
+    ``create_graph`` the result is differentiable in the batches, the labels and the step sizes (what
+    SLDD/DD distil through); without, it is the "distilled" recipe's replay. One function for both,
+    so a set is evaluated by exactly the inner loop it was distilled with."""
+    from torch.func import functional_call
+
+    names = list(params)
+    for i in range(len(lrs)):
+        b = i % len(xs)
+        loss = soft_cross_entropy(functional_call(model, params, (xs[b],)), ys[b])
+        grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
+        params = {k: params[k] - lrs[i] * g for k, g in zip(names, grads)}
+    return params
+
+
 def _replay_learned_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: torch.Tensor,
                           steps: int = 1) -> nn.Module:
     """The SLDD/DD test procedure: plain GD (no momentum), one step per learned step size.
@@ -128,14 +146,12 @@ def _replay_learned_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr
     The set is split into ``steps`` equal consecutive batches (``meta["steps"]``, default 1 = the
     whole set); step i uses batch i mod steps, so ``len(lrs) = steps x epochs`` replays the epochs.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    xs, ys = x.chunk(steps), y.chunk(steps)
-    for i, lr in enumerate(lrs.flatten().tolist()):
-        loss = soft_cross_entropy(model(xs[i % steps]), ys[i % steps])
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                p.sub_(lr * g)
+    params = {k: p.detach().clone().requires_grad_(True) for k, p in model.named_parameters() if p.requires_grad}
+    theta = unroll_gd(model, params, list(x.chunk(steps)), list(y.chunk(steps)), lrs.flatten(), create_graph=False)
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            if k in theta:
+                p.copy_(theta[k])
     return model
 
 

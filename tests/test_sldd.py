@@ -18,13 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from harness import unroll_gd as unroll
 from harness.evaluate import train_model
 from harness.specs import DistilledSet
 from harness.testing import TINY_CLASSES, TINY_SHAPE, _build_tiny, _tiny_load, check_distiller, make_task
 from harness.trial import Recipe
 from harness_distillers.dd import DD
 from harness_distillers.sldd import (SLDD, decay_interval, initial_labels, outer_lr_at, project_to_simplex,
-                                     raw_lr_init, unroll)
+                                     raw_lr_init)
 
 CPU = torch.device("cpu")
 SMALL = dict(outer_steps=3, steps=2, epochs=1)

@@ -22,10 +22,10 @@ Distillation code of Wang et al. 2018 (github.com/SsnL/dataset-distillation). Th
         [y~ <- rows projected onto the probability simplex           (label_constraint="simplex")]
     return x~, y~, softplus(eta~) in replay order, and theta_0 when the init is fixed
 
-Evaluation with the "distilled" recipe (``harness.evaluate._replay_learned_steps``) replays exactly
-the inner loop above: plain GD, step i on batch ``i mod meta["steps"]`` with the learned step size
-``lrs[i]`` and the same soft-label cross-entropy (``harness.evaluate.soft_cross_entropy``), from
-a fresh init (init="random") or from ``init_state`` ("known" init evaluation).
+The inner loop is ``harness.unroll_gd``; evaluation with the "distilled" recipe replays the set
+with the same function (without ``create_graph``): plain GD, step i on batch ``i mod meta["steps"]``
+with the learned step size ``lrs[i]`` and the soft-label cross-entropy, from a fresh init
+(init="random") or from ``init_state`` ("known" init evaluation).
 
 Checked against the code itself: ``tests/golden/test_sldd_dd.py`` runs :meth:`SLDD.outer_step`
 from states recorded by running the reference ``Trainer`` (SLDD at 2856332, DD at 24e6958; see
@@ -84,10 +84,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from harness import Capabilities, DistilledSet
-from harness import TrialError
-from harness import soft_cross_entropy
-from harness import check_init_scheme
+from harness import Capabilities, DistilledSet, TrialError, check_init_scheme, unroll_gd
 
 from .checks import check_choice, check_int, check_positive
 
@@ -180,20 +177,6 @@ def raw_lr_init(lr_init: float, count: int, device: torch.device | str = "cpu",
 
 
 # -- the inner loop: unrolled gradient descent ----------------------------------------------------
-
-
-def unroll(model: nn.Module, params: dict[str, torch.Tensor], xs: list[torch.Tensor], ys: list[torch.Tensor],
-           lrs: torch.Tensor, create_graph: bool = True) -> dict[str, torch.Tensor]:
-    """``len(lrs)`` plain GD steps from ``params``: step i on batch ``i mod len(xs)`` with step size
-    ``lrs[i]`` and the soft-label cross-entropy. With ``create_graph`` the result is differentiable
-    in the batches, the labels and the step sizes. This is what the "distilled" recipe replays."""
-    names = list(params)
-    for i in range(len(lrs)):
-        b = i % len(xs)
-        loss = soft_cross_entropy(functional_call(model, params, (xs[b],)), ys[b])
-        grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
-        params = {k: params[k] - lrs[i] * g for k, g in zip(names, grads)}
-    return params
 
 
 # -- labels ---------------------------------------------------------------------------------------
@@ -388,7 +371,7 @@ class SLDD:
         """
         theta0 = {k: p.detach().clone().requires_grad_(True) for k, p in net.named_parameters() if p.requires_grad}
         net.train()
-        theta = unroll(net, theta0, list(syn.x.chunk(steps)), list(syn.labels.value().chunk(steps)), syn.lrs())
+        theta = unroll_gd(net, theta0, list(syn.x.chunk(steps)), list(syn.labels.value().chunk(steps)), syn.lrs())
         net.eval()
         loss = F.cross_entropy(functional_call(net, theta, (xr,)), yr)
         if not torch.isfinite(loss):
