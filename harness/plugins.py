@@ -25,7 +25,7 @@ import pluggy
 from . import hookspecs
 from .errors import DuplicateNameError, SpecError
 from .registry import Registry
-from .specs import ArchitectureSpec, DatasetSpec, check_distiller, check_name
+from .specs import ArchitectureSpec, DatasetSpec, check_name, validate_distiller_class
 
 ENTRY_POINT_GROUP = "harness"
 CORE_DISTRIBUTION = "distill-harness"
@@ -69,7 +69,7 @@ _VALIDATORS: dict[str, tuple[str, Callable[[Any], Any]]] = {
         "architecture",
         lambda s: s if isinstance(s, ArchitectureSpec) else _wrong_type(s, ArchitectureSpec),
     ),
-    "distillers": ("distiller", check_distiller),
+    "distillers": ("distiller", validate_distiller_class),
     "executors": ("executor", _check_executor),
 }
 

@@ -178,7 +178,7 @@ def describe(obj: object) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
 
 
-def check_distiller(cls: object) -> type:
+def validate_distiller_class(cls: object) -> type:
     """Validate a registered distiller class against the contract (static checks only)."""
     name = getattr(cls, "name", None)
     check_name("distiller", name)

@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from .specs import ArchitectureSpec, DatasetSpec, DistilledSet, DistillTask, capabilities_of, carries_init
-from .specs import check_distiller as _static_check
+from .specs import validate_distiller_class as _static_check
 
 TINY_SHAPE = (1, 4, 4)
 TINY_CLASSES = 3

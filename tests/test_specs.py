@@ -1,4 +1,4 @@
-"""harness.specs: spec validation, check_distiller's static checks, DistilledSet checks and safetensors I/O."""
+"""harness.specs: spec validation, validate_distiller_class's static checks, DistilledSet checks and safetensors I/O."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from harness import ArchitectureSpec, Capabilities, DatasetSpec, DistilledSet
 from harness.errors import SpecError, TrialError
-from harness.specs import capabilities_of, check_distiller, describe
+from harness.specs import capabilities_of, validate_distiller_class, describe
 
 
 def _load(split, data_dir):  # never called: specs only store it
@@ -97,7 +97,7 @@ def test_architecture_spec_bad_name_and_build():
         ArchitectureSpec("a", ("image",), None)
 
 
-# -- check_distiller -----------------------------------------------------------------------------
+# -- validate_distiller_class -----------------------------------------------------------------------------
 class Good:
     """A good distiller.
 
@@ -115,8 +115,8 @@ class Good:
         raise NotImplementedError
 
 
-def test_check_distiller_accepts_a_good_class():
-    assert check_distiller(Good) is Good
+def test_validate_distiller_class_accepts_a_good_class():
+    assert validate_distiller_class(Good) is Good
     assert capabilities_of(Good).learns_lr
     assert describe(Good) == "A good distiller."
 
@@ -131,7 +131,7 @@ def test_capabilities_default_to_all_false():
 
         def distill(self, task): ...
 
-    check_distiller(NoCaps)
+    validate_distiller_class(NoCaps)
     assert capabilities_of(NoCaps) == Capabilities()
     assert not any(vars(capabilities_of(NoCaps)).values())
 
@@ -171,19 +171,19 @@ class _NoDefault:
     ids=["no-config", "config-not-dataclass", "field-without-default", "no-distill", "distill-not-callable",
          "caps-dict", "caps-class", "bad-name", "no-name", "instance"],
 )
-def test_check_distiller_rejects(cls, message):
+def test_validate_distiller_class_rejects(cls, message):
     with pytest.raises(SpecError, match=message):
-        check_distiller(cls)
+        validate_distiller_class(cls)
 
 
-def test_check_distiller_accepts_default_factory():
+def test_validate_distiller_class_accepts_default_factory():
     from dataclasses import field
 
     @dataclass
     class Config:
         sizes: list = field(default_factory=lambda: [1, 2])
 
-    check_distiller(_variant(Config=Config))
+    validate_distiller_class(_variant(Config=Config))
 
 
 # -- DistilledSet.check --------------------------------------------------------------------------
