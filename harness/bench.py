@@ -38,7 +38,7 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
     from .progress import BenchProgress
     from .report import leaderboard, runs_frame, to_markdown
     from .runner import TrialContext, run_trial
-    from .tracking import Tracker
+    from .tracking import TRIAL_KEY, Tracker
 
     console = console or Console(stderr=False)
     plan = prepare(grid, plugins, data_dir, device)  # every check that needs data, before compute
@@ -80,7 +80,7 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
             frame = runs_frame(tracker, grid.name)
             keys = {t.key for t in grid.trials}
             if len(frame):
-                frame = frame[frame["trial_key"].isin(keys)]
+                frame = frame[frame[TRIAL_KEY].isin(keys)]
             board = leaderboard(frame) if len(frame) else None
             if board is not None:
                 markdown = to_markdown(board, f"Leaderboard: {grid.name}", f"harness report --experiment {grid.name}")

@@ -13,7 +13,6 @@ import re
 import tomllib
 import typing
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -379,10 +378,9 @@ def _make_trial(plugins, tw, d, ds, b, a, budget_key, budget, seed, configs, eva
 
 
 def _dist_version(dist: str) -> tuple[str, str]:
-    try:
-        return dist, metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return dist, ""
+    from .plugins import distribution_version
+
+    return dist, distribution_version(dist)
 
 
 def select_trials(grid: Grid, patterns: list[str] | tuple[str, ...]) -> Grid:

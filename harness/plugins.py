@@ -214,7 +214,7 @@ def load_plugins(extra: Iterable[tuple[object, str, str]] = ()) -> Plugins:
     from .executors import inline
 
     plugins = Plugins()
-    plugins.add(inline, "harness.executors.inline", CORE_DISTRIBUTION, _version(CORE_DISTRIBUTION))
+    plugins.add(inline, "harness.executors.inline", CORE_DISTRIBUTION, distribution_version(CORE_DISTRIBUTION))
     for ep in _selected_entry_points():
         dist = ep.dist.name if ep.dist else "?"
         version = ep.dist.version if ep.dist else ""
@@ -225,12 +225,13 @@ def load_plugins(extra: Iterable[tuple[object, str, str]] = ()) -> Plugins:
             continue
         plugins.add(module, ep.name, dist, version)
     for obj, name, dist in extra:
-        plugins.add(obj, name, dist, _version(dist))
+        plugins.add(obj, name, dist, distribution_version(dist))
     plugins.check_pending()
     return plugins
 
 
-def _version(dist: str) -> str:
+def distribution_version(dist: str) -> str:
+    """The installed version of distribution ``dist`` ("" when it is not installed)."""
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
