@@ -186,18 +186,14 @@ def report(experiments, tracking_uri, out_dir, grid_file, overrides) -> None:
 def _print_board(console, board, title: str) -> None:
     from rich.table import Table
 
-    from .report import distiller_label, format_pm
+    from .report import COLUMNS, board_cells
 
+    shown = COLUMNS[:10]  # the terminal leaves out the timing columns
     table = Table(title=title, show_lines=False)
-    for col in ("dataset", "arch", "budget", "recipe", "protocol", "distiller", "acc %", "random %", "gain", "seeds"):
-        table.add_column(col, justify="right" if col in ("acc %", "random %", "gain", "seeds") else "left")
-    for _, r in board.iterrows():
-        data = r["dataset"] if r["base_dataset"] in (r["dataset"], "") else f"{r['base_dataset']}→{r['dataset']}"
-        table.add_row(data, r["arch"], r["budget"], r["recipe"], r["protocol"], distiller_label(r),
-                      format_pm(r["acc_mean"], r["acc_std"]) if r["seeds"] else "FAILED",
-                      "n/a" if r["random_mean"] != r["random_mean"] else f"{r['random_mean']:.2f}",
-                      format_pm(r["gain_mean"], r["gain_std"]),
-                      f"{int(r['seeds'])}" + (f" ({int(r['failed'])} failed)" if r["failed"] else ""))
+    for col in shown:
+        table.add_column(col, justify="right" if col in ("acc", "random", "gain", "seeds") else "left")
+    for cells in board_cells(board):
+        table.add_row(*cells[: len(shown)])
     console.print(table)
 
 

@@ -146,18 +146,27 @@ def to_markdown(board: Any, title: str, command: str) -> str:
              "budget and recipe. Recipe = eval arch / optimizer (/known-init, /dsa); protocol = epochs x models per "
              "seed (or the set's learned step sizes x models) and the model init scheme used while distilling "
              "and evaluating (`harness.init`: default = PyTorch's, xavier = xavier_normal with zero bias).", ""]
-    header = ["dataset", "arch", "budget", "recipe", "protocol", "distiller", "acc", "random", "gain", "seeds",
-              "distill s", "eval s"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in board_cells(board)]
+    return "\n".join(lines) + "\n"
+
+
+COLUMNS = ["dataset", "arch", "budget", "recipe", "protocol", "distiller", "acc", "random", "gain", "seeds",
+           "distill s", "eval s"]
+
+
+def board_cells(board: Any) -> list[list[str]]:
+    """The leaderboard as display strings, one list of ``COLUMNS`` per row (markdown and terminal)."""
+    rows = []
     for _, r in board.iterrows():
         data = r["dataset"] if r["base_dataset"] in (r["dataset"], "") else f"{r['base_dataset']}→{r['dataset']}"
         acc = format_pm(r["acc_mean"], r["acc_std"]) if r["seeds"] else "FAILED"
         seeds = f"{int(r['seeds'])}" + (f" ({int(r['failed'])} failed)" if r["failed"] else "")
-        cells = [data, r["arch"], r["budget"], r["recipe"], r["protocol"], distiller_label(r), acc,
-                 "n/a" if r["random_mean"] != r["random_mean"] else f"{r['random_mean']:.2f}",
-                 format_pm(r["gain_mean"], r["gain_std"]), seeds, _secs(r["distill_s"]), _secs(r["eval_s"])]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([str(c) for c in (
+            data, r["arch"], r["budget"], r["recipe"], r["protocol"], distiller_label(r), acc,
+            "n/a" if r["random_mean"] != r["random_mean"] else f"{r['random_mean']:.2f}",
+            format_pm(r["gain_mean"], r["gain_std"]), seeds, _secs(r["distill_s"]), _secs(r["eval_s"]))])
+    return rows
 
 
 def distiller_label(row: Any) -> str:
