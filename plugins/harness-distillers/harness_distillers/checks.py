@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 
 
-def check_int(name: str, value: object, minimum: int) -> None:
+def check_int(name: str, value: object, minimum: int, hint: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be an int >= {minimum}{hint}, got {value!r}")
 
 
 def check_positive(name: str, value: object) -> None:

@@ -11,6 +11,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import checks
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -320,14 +322,14 @@ def minibatch(size: int, batch: int, generator: "torch.Generator", device: Any) 
 
 
 def check_positive(where: str, **values: Any) -> None:
+    """``checks.check_positive`` for several fields, each named ``<where>.<field>``."""
     for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{where}.{key} must be a number > 0, got {value!r}")
+        checks.check_positive(f"{where}.{key}", value)
 
 
 def check_int(where: str, key: str, value: Any, minimum: int, hint: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{where}.{key} must be an int >= {minimum}{hint}, got {value!r}")
+    """``checks.check_int`` for field ``<where>.<key>``."""
+    checks.check_int(f"{where}.{key}", value, minimum, hint)
 
 
 def check_common(where: str, cfg: Any) -> None:
