@@ -137,15 +137,13 @@ def _distill(trial: Trial, ctx: TrialContext, result: TrialResult):
 
 def _evaluate_all(trial: Trial, ctx: TrialContext, dset: Any, result: TrialResult) -> float:
     """Evaluate every recipe into ``result.metrics``; returns the peak memory (MB) while doing so."""
-    from .evaluate import evaluate
+    from .evaluate import evaluate, ld_protocol_applies
     from .measure import Measure
 
     eval_seconds = 0.0
     if ctx.progress:
         ctx.progress.evaluating(trial, sum(r.models for r in trial.recipes))
     on_model = (lambda k, acc: ctx.progress.model_done(acc)) if ctx.progress else None
-    from .evaluate import ld_protocol_applies
-
     with Measure(ctx.device) as measure:
         for i, recipe in enumerate(trial.recipes):
             if recipe.optimizer == "ld-protocol" and not ld_protocol_applies(dset):
