@@ -142,7 +142,7 @@ def format_pm(mean: float, std: float) -> str:
 
 def to_markdown(board: Any, title: str, command: str) -> str:
     lines = [f"# {title}", "", f"Regenerate: `{command}`", "",
-             "Accuracy in % (mean ± std over seeds); `gain` = accuracy − random real subset at the same "
+             "Accuracy in % (mean ± std over seeds; the mean alone for one seed); `gain` = accuracy − random real subset at the same "
              "budget and recipe. Recipe = eval arch / optimizer (/known-init, /dsa); protocol = epochs x models per "
              "seed (or the set's learned step sizes x models) and the model init scheme used while distilling "
              "and evaluating (`harness.init`: default = PyTorch's, xavier = xavier_normal with zero bias).", ""]
@@ -160,12 +160,14 @@ def board_cells(board: Any) -> list[list[str]]:
     rows = []
     for _, r in board.iterrows():
         data = r["dataset"] if r["base_dataset"] in (r["dataset"], "") else f"{r['base_dataset']}→{r['dataset']}"
-        acc = format_pm(r["acc_mean"], r["acc_std"]) if r["seeds"] else "FAILED"
+        one = r["seeds"] == 1  # a std over one seed is not a measurement: show the mean alone
+        acc = format_pm(r["acc_mean"], float("nan") if one else r["acc_std"]) if r["seeds"] else "FAILED"
         seeds = f"{int(r['seeds'])}" + (f" ({int(r['failed'])} failed)" if r["failed"] else "")
         rows.append([str(c) for c in (
             data, r["arch"], r["budget"], r["recipe"], r["protocol"], distiller_label(r), acc,
             "n/a" if r["random_mean"] != r["random_mean"] else f"{r['random_mean']:.2f}",
-            format_pm(r["gain_mean"], r["gain_std"]), seeds, _secs(r["distill_s"]), _secs(r["eval_s"]))])
+            format_pm(r["gain_mean"], float("nan") if one else r["gain_std"]), seeds, _secs(r["distill_s"]),
+            _secs(r["eval_s"]))])
     return rows
 
 

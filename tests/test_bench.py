@@ -234,6 +234,19 @@ def test_a_distiller_calling_sys_exit_fails_only_its_trial(bench, tracking_uri, 
     assert failed.data.tags["error"] == "SystemExit: distiller code called sys.exit(0)"
 
 
+def test_one_seed_shows_no_std():
+    import pandas as pd
+
+    from harness.report import board_cells
+
+    row = dict(dataset="d", base_dataset="d", arch="a", budget="n=5", recipe="a/sgd", protocol="p", distiller="x",
+               variant="", acc_mean=90.2, acc_std=0.0, random_mean=80.0, gain_mean=10.2, gain_std=0.0,
+               failed=0, distill_s=1.0, eval_s=1.0)
+    one, three = board_cells(pd.DataFrame([{**row, "seeds": 1}, {**row, "seeds": 3, "acc_std": 0.5}]))
+    assert one[6:9] == ["90.20", "80.00", "10.20"]
+    assert three[6] == "90.20 ± 0.50" and three[8] == "10.20 ± 0.00"
+
+
 def test_report_on_a_missing_experiment_is_a_clear_error(tracking_uri):
     from harness.errors import HarnessError
 
