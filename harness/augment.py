@@ -97,6 +97,10 @@ class _Stream:
     def randint(self, low: int, high: int) -> torch.Tensor:
         return torch.randint(low, high, (self.n,), generator=self._generator())
 
+    def family(self, count: int) -> int:
+        """One family index for the whole draw (the code's single-family ``aug_mode 'S'``)."""
+        return int(torch.randint(0, count, (1,), generator=self._generator()))
+
 
 class Draw:
     """One random draw of the augmentation; calling it transforms a batch [B, C, H, W]."""
@@ -110,7 +114,7 @@ class Draw:
         stream = _Stream(self.seed, self.siamese, 1 if self.siamese else x.shape[0])
         families = self.params.strategy.split("_")
         if self.params.single:
-            families = [families[int(torch.randint(0, len(families), (1,), generator=stream._generator()))]]
+            families = [families[stream.family(len(families))]]
         for family in families:
             for transform in _TRANSFORMS[family]:
                 x = transform(x, stream, self.params)

@@ -193,13 +193,28 @@ def test_report_keeps_trials_that_differ_only_in_config_apart(bench, tracking_ur
     assert "| means (smoothing=0.3) |" in text and "| means (smoothing=0.0) |" in text and "| random |" in text
 
 
+def failed_means_run(bench, tracking_uri, monkeypatch, distill, ipc=2):
+    """Run `means` (its distill replaced by ``distill``) beside `random`: the grid must go on, with
+    `means` FAILED and `random` FINISHED. Returns the failed run."""
+    import plugins_for_tests
+
+    monkeypatch.setattr(plugins_for_tests.ClassMeans, "distill", distill)
+    doc = {"name": "tiny-bench", "seeds": [0], "device": "cpu", "eval": {"models": 1, "epochs": 1},
+           "grid": [{"distiller": ["means", "random"], "dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [ipc]}]}
+    _, outcome = bench(doc)
+    assert (outcome.passed, outcome.failed) == (1, 1)
+    _, runs = children(tracking_uri)
+    [failed] = [r for r in runs if r.info.status == "FAILED"]
+    assert failed.data.params["distiller"] == "means"
+    return failed
+
+
 @pytest.mark.parametrize("rows, expected", [(slice(None), "returned 90 examples for a budget of 6 (ipc=2)"),
                                            (slice(0, 0), "returned 0 examples for a budget of 6 (ipc=2)")],
                          ids=["whole-training-set", "empty"])
 def test_a_set_off_budget_fails_its_trial_and_the_grid_goes_on(bench, tracking_uri, monkeypatch, rows, expected):
     """The harness enforces the budget: a set bigger (e.g. the whole training set for ipc = 1) or
     smaller than ipc x C would otherwise be FINISHED and top its table."""
-    import plugins_for_tests
 
     def off_budget(self, task):
         import torch
@@ -207,30 +222,15 @@ def test_a_set_off_budget_fails_its_trial_and_the_grid_goes_on(bench, tracking_u
         y = torch.nn.functional.one_hot(task.y[rows], task.num_classes).float()
         return DistilledSet(task.x[rows].clone(), y)
 
-    monkeypatch.setattr(plugins_for_tests.ClassMeans, "distill", off_budget)
-    doc = {"name": "tiny-bench", "seeds": [0], "device": "cpu", "eval": {"models": 1, "epochs": 1},
-           "grid": [{"distiller": ["means", "random"], "dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [2]}]}
-    _, outcome = bench(doc)
-    assert (outcome.passed, outcome.failed) == (1, 1)
-    _, runs = children(tracking_uri)
-    [failed] = [r for r in runs if r.info.status == "FAILED"]
-    assert failed.data.params["distiller"] == "means"
+    failed = failed_means_run(bench, tracking_uri, monkeypatch, off_budget)
     assert failed.data.tags["error"] == f"TrialError: distiller 'means' {expected}; a distilled set must have exactly the budget's size"
 
 
 def test_a_distiller_calling_sys_exit_fails_only_its_trial(bench, tracking_uri, monkeypatch):
-    import plugins_for_tests
-
     def exits(self, task):
         sys.exit(0)
 
-    monkeypatch.setattr(plugins_for_tests.ClassMeans, "distill", exits)
-    doc = {"name": "tiny-bench", "seeds": [0], "device": "cpu", "eval": {"models": 1, "epochs": 1},
-           "grid": [{"distiller": ["means", "random"], "dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [1]}]}
-    _, outcome = bench(doc)
-    assert (outcome.passed, outcome.failed) == (1, 1)
-    _, runs = children(tracking_uri)
-    [failed] = [r for r in runs if r.info.status == "FAILED"]
+    failed = failed_means_run(bench, tracking_uri, monkeypatch, exits, ipc=1)
     assert failed.data.tags["error"] == "SystemExit: distiller code called sys.exit(0)"
 
 
