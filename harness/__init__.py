@@ -15,7 +15,7 @@ from .errors import ConfigError, DatasetUnavailableError, HarnessError, TrialErr
 from .hookspecs import hookimpl
 from .init import INIT_SCHEMES, check_init_scheme, init_model
 from .specs import (ArchitectureSpec, Capabilities, DataContext, DatasetSpec, DistilledSet, Distiller,
-                    DistillTask)
+                    DistillerProtocol, DistillTask, TrialSpec)
 
 __version__ = "0.1.0"
 
@@ -31,7 +31,8 @@ _LAZY = {
     "class_counts_per_budget": ("baseline", "class_counts_per_budget"),
     "class_balanced_indices": ("baseline", "class_balanced_indices"),
     "default_data_dir": ("data", "default_data_dir"),  # --data-dir / HARNESS_DATA_DIR / the default
-    "load_plugins": ("plugins", "load_plugins"),  # what the harness sees (for plugin authors' tests)
+    "load_plugins": ("plugins", "load_plugins"),
+    "Features": ("features", "Features"),  # penultimate features of an arch declaring features=True  # what the harness sees (for plugin authors' tests)
 }
 
 
@@ -54,9 +55,11 @@ __all__ = [
     "DistilledSet",
     "DistillTask",
     "Distiller",
+    "DistillerProtocol",
     "HarnessError",
     "INIT_SCHEMES",
     "TrialError",
+    "TrialSpec",
     "check_init_scheme",
     "hookimpl",
     "init_model",

@@ -47,7 +47,7 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
     tracker = Tracker(tracking_uri)
     exp_id = tracker.experiment_id(grid.name)
     done = tracker.finished_keys(exp_id) if resume else set()
-    todo = [t for t in grid.trials if t.key not in done]
+    todo = [b for b in plan.trials if b.trial.key not in done]
     skipped = len(grid.trials) - len(todo)
     console.print(f"grid '{grid.name}': {len(grid.trials)} trials, {skipped} already finished, "
                   f"{len(todo)} to run on {device_name(dev)}; MLflow {tracker.uri}", highlight=False)
@@ -65,8 +65,8 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
     try:
         executor = plugins.executors.get(grid.executor)()
         with BenchProgress(console, len(todo), skipped) as progress:
-            ctx = TrialContext(plugins, data, dev, progress)
-            for result in executor.run(todo, lambda t: run_trial(t, ctx)):
+            ctx = TrialContext(data, dev, progress)
+            for result in executor.run(todo, lambda bound: run_trial(bound, ctx)):
                 tracker.log_trial(exp_id, parent, result, cfg_fields)
                 passed += result.passed
                 failed += not result.passed

@@ -1,4 +1,5 @@
 """The evaluation protocol: one implementation for every method, so the comparison is fair.
+Its reference, with every default and seed, is docs/protocol.md.
 
 K fresh models of the evaluation architecture are trained on the distilled set with soft-label
 cross-entropy and tested on the real test set. Defaults follow the DC protocol (SGD, momentum 0.9,

@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ConfigError, HarnessError
 from .init import INIT_SCHEMES, distill_init
-from .specs import capabilities_of, carries_init
+from .specs import TrialSpec, capabilities_of, carries_init, check_trial
 from .trial import AUGMENTS, DEFAULT_LR, INITS, OPTIMIZERS, Recipe, Trial
 
 TOP_KEYS = {"name", "seeds", "device", "executor", "grid", "eval", "distillers"}
@@ -346,12 +346,14 @@ def _make_trial(plugins, tw, d, ds, b, a, budget_key, budget, seed, configs, eva
     if optimizers[0] == "distilled" and not caps.learns_lr:
         raise ConfigError(f"{tw}: the first eval optimizer is 'distilled' but '{d}' learns no step sizes; "
                           f"list sgd or adam first so every trial shares the headline recipe")
-    check = getattr(cls, "check_trial", None)  # optional: budget/config constraints of the method
-    if callable(check) and n is not None:
-        try:
-            check(config, n, spec.num_classes)
-        except ValueError as exc:
-            raise ConfigError(f"{tw}: distiller '{d}': {exc}") from None
+    if caps.needs_features and not arch.features:
+        declared = [n for n, s, _ in plugins.architectures.items() if s.features and spec.modality in s.modalities]
+        raise ConfigError(f"{tw}: distiller '{d}' works on penultimate features, but architecture '{a}' does not "
+                          f"declare any (ArchitectureSpec features=True); use one that does: {', '.join(declared)}")
+    try:  # the method's own constraints (budget splits, DSA on non-images, ...)
+        check_trial(cls, config, TrialSpec(spec, arch, n, ipc, plugins.datasets.get(base)))
+    except ValueError as exc:
+        raise ConfigError(f"{tw}: distiller '{d}': {exc}") from None
     # "distiller": evaluation models get the init the set was distilled with (recorded resolved)
     try:
         model_init = distill_init(config) if common["model_init"] == "distiller" else common["model_init"]
@@ -374,7 +376,7 @@ def _make_trial(plugins, tw, d, ds, b, a, budget_key, budget, seed, configs, eva
     versions = sorted({_dist_version("distill-harness"), _dist_version(plugins.distillers.source(d)), _dist_version(plugins.datasets.source(ds)),
                        _dist_version(plugins.datasets.source(base)), _dist_version(plugins.architectures.source(a)),
                        *(_dist_version(plugins.architectures.source(r.arch)) for r in recipes)})
-    return Trial(d, ds, base, a, ipc, n, seed, config_items(config), tuple(recipes), tuple(versions))
+    return Trial(d, ds, base, a, ipc, n, seed, config_items(config), tuple(recipes), tuple(versions), settings=config)
 
 
 def _dist_version(dist: str) -> tuple[str, str]:

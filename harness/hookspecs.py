@@ -1,4 +1,5 @@
 """The hooks a harness plugin may implement. Each receives a ``register`` callback.
+The plugin author's guide is docs/plugins.md; the contract, docs/contract.md.
 
 A plugin is a module exposed through the ``harness`` entry-point group::
 

@@ -3,17 +3,48 @@
 ``prepare(grid, plugins, ...)`` takes a validated grid (names, types, capabilities, configs and
 recipes: :mod:`harness.grid`) and checks what needs the data: every dataset loads (or is reported
 missing with how to get it), every budget fits the real class counts, every test subset fits the
-test split, and every (architecture, dataset) pair builds and runs a forward pass. ``validate``
+test split, and every (architecture, dataset) pair builds and runs a forward pass (and, where the
+architecture declares penultimate features, really ends in its linear classifier). ``validate``
 prints the plan; ``bench`` executes it. So ``validate`` saying "ok" means ``bench`` starts computing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from .grid import Grid
+from .specs import ArchitectureSpec, DatasetSpec
+from .trial import Trial
+
+
+@dataclass(frozen=True)
+class BoundTrial:
+    """A trial with everything it runs resolved by the plan, so the runner looks nothing up by
+    name: the distiller class, its validated Config instance (built once by the grid), the dataset
+    spec and every architecture it distils or evaluates with."""
+
+    trial: Trial
+    distiller: type
+    dataset: DatasetSpec
+    archs: Mapping[str, ArchitectureSpec]
+
+    @property
+    def config(self) -> Any:
+        return self.trial.settings
+
+    def builder(self, arch: str) -> Callable[[], Any]:
+        """A fresh, untrained model of ``arch`` for this trial's dataset (torch's default init)."""
+        build, spec = self.archs[arch].build, self.dataset
+        return lambda: build(spec.input_shape, spec.num_classes)
+
+
+def bind(trial: Trial, plugins: Any) -> BoundTrial:
+    if trial.settings is None:
+        raise ValueError(f"trial {trial.label} carries no Config instance; build trials with harness.grid")
+    archs = {a: plugins.architectures.get(a) for a in (trial.arch, *(r.arch for r in trial.recipes))}
+    return BoundTrial(trial, plugins.distillers.get(trial.distiller), plugins.datasets.get(trial.dataset), archs)
 
 
 @dataclass
@@ -21,6 +52,7 @@ class Plan:
     grid: Grid
     data: Any  # harness.data.DataCache with every split the trials need, loaded
     device: Any  # torch.device
+    trials: list[BoundTrial] = field(default_factory=list)  # grid.trials, bound, in the same order
 
     @property
     def datasets(self) -> dict[str, tuple[int, int]]:
@@ -54,7 +86,7 @@ def prepare(grid: Grid, plugins: Any, data_dir: Path | None = None, device: str 
         data.get(trial.dataset, "test")
     check_budgets(grid.trials, plugins, data)
     check_architectures(grid.trials, plugins)
-    return Plan(grid, data, dev)
+    return Plan(grid, data, dev, [bind(t, plugins) for t in grid.trials])
 
 
 def check_architectures(trials: list, plugins: Any) -> None:
@@ -63,6 +95,7 @@ def check_architectures(trials: list, plugins: Any) -> None:
     import torch
 
     from .errors import ConfigError
+    from .features import check_features
 
     pairs = {(a, t.dataset) for t in trials for a in {t.arch, *(r.arch for r in t.recipes)}}
     for arch, dataset in sorted(pairs):
@@ -73,6 +106,8 @@ def check_architectures(trials: list, plugins: Any) -> None:
                 out = model.eval()(torch.zeros(2, *spec.input_shape))
             if tuple(out.shape) != (2, spec.num_classes):
                 raise ValueError(f"it outputs shape {tuple(out.shape)}, expected (batch, {spec.num_classes})")
+            if plugins.architectures.get(arch).features:  # the declaration distillers rely on, proven
+                check_features(model, torch.randn(2, *spec.input_shape, generator=torch.Generator().manual_seed(0)))
         except Exception as exc:
             raise ConfigError(f"architecture '{arch}' cannot take dataset '{dataset}' "
                               f"({'x'.join(map(str, spec.input_shape))}): {exc}; pick another architecture") from None

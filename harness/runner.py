@@ -2,20 +2,23 @@
 
 ``run_trial`` never raises for a failing trial: the error is recorded and the grid goes on.
 Results carry everything the driver needs to log, so executors may run trials anywhere while
-the driver stays the only MLflow writer.
+the driver stays the only MLflow writer. A trial arrives bound by the plan (:class:`BoundTrial`:
+distiller class, Config instance, dataset and architecture specs): nothing is looked up by name here.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import TrialError
+from .plan import BoundTrial
 from .trial import Recipe, Trial, derive_seed
 
 PASSED, FAILED = "passed", "failed"
@@ -40,40 +43,37 @@ class TrialResult:
 
 
 class TrialContext:
-    """What running a trial needs: plugins, device, data, and the random-baseline cache."""
+    """What running trials needs besides the trial: the loaded data, the device, the progress
+    display and the random-baseline cache (shared across the trials of a grid)."""
 
-    def __init__(self, plugins: Any, data: Any, device: Any, progress: Any = None):
-        self.plugins, self.data, self.device = plugins, data, device
+    def __init__(self, data: Any, device: Any, progress: Any = None):
+        self.data, self.device = data, device
         self.progress = progress
         self.baselines: dict[tuple, Any] = {}
 
-    def builder(self, arch: str, dataset: str) -> Callable[[], Any]:
-        spec = self.plugins.datasets.get(dataset)
-        build = self.plugins.architectures.get(arch).build
-        return lambda: build(spec.input_shape, spec.num_classes)
 
-
-def run_trial(trial: Trial, ctx: TrialContext) -> TrialResult:
+def run_trial(bound: BoundTrial, ctx: TrialContext) -> TrialResult:
     """Distil and evaluate one trial; failures become a FAILED result, never an exception."""
     import torch
 
     from .data import device_name
 
+    trial = bound.trial
     result = TrialResult(trial, PASSED)
     result.tags = {"device": device_name(ctx.device), "torch_version": torch.__version__}
     progress = ctx.progress
     if progress:
         progress.trial_started(trial)
     try:
-        dset, measure = _distill(trial, ctx, result)
+        dset, measure = _distill(bound, ctx, result)
         result.metrics["distill_seconds"] = measure.seconds
         result.metrics["n_distilled"] = float(dset.n)
-        eval_peak_mb = _evaluate_all(trial, ctx, dset, result)
+        eval_peak_mb = _evaluate_all(bound, ctx, dset, result)
         result.metrics["peak_mem_mb"] = max(measure.peak_mb, eval_peak_mb)
         bad = [k for k, v in result.metrics.items() if not math.isfinite(v)]
         if bad:
             raise TrialError(f"non-finite metrics: {', '.join(bad)}")
-        result.artifacts_dir = _write_artifacts(trial, ctx, dset)
+        result.artifacts_dir = _write_artifacts(bound, ctx, dset)
     except KeyboardInterrupt:
         raise
     except (Exception, SystemExit) as exc:  # the grid goes on (even if a distiller calls sys.exit)
@@ -87,19 +87,20 @@ def run_trial(trial: Trial, ctx: TrialContext) -> TrialResult:
     return result
 
 
-def _distill(trial: Trial, ctx: TrialContext, result: TrialResult):
+def _distill(bound: BoundTrial, ctx: TrialContext, result: TrialResult):
     import torch
 
     from .init import distill_init, init_model
     from .measure import Measure
     from .specs import DistillTask
 
-    cls = ctx.plugins.distillers.get(trial.distiller)
-    spec = ctx.plugins.datasets.get(trial.dataset)
-    config = cls.Config(**dict(trial.config))
+    trial, cls, spec = bound.trial, bound.distiller, bound.dataset
+    config = bound.config
+    if not getattr(type(config), "__dataclass_params__", None) or not type(config).__dataclass_params__.frozen:
+        config = copy.deepcopy(config)  # a mutable Config: what the distiller changes is not what was recorded
     x, y = ctx.data.get(trial.dataset, "train")
     base = ctx.data.get(trial.base_dataset, "train") if trial.base_dataset != trial.dataset else None
-    build = ctx.builder(trial.arch, trial.dataset)
+    build = bound.builder(trial.arch)
     scheme = distill_init(config)
     counter = iter(range(1 << 30))
 
@@ -135,11 +136,12 @@ def _distill(trial: Trial, ctx: TrialContext, result: TrialResult):
     return dset, measure
 
 
-def _evaluate_all(trial: Trial, ctx: TrialContext, dset: Any, result: TrialResult) -> float:
+def _evaluate_all(bound: BoundTrial, ctx: TrialContext, dset: Any, result: TrialResult) -> float:
     """Evaluate every recipe into ``result.metrics``; returns the peak memory (MB) while doing so."""
     from .evaluate import evaluate, ld_protocol_applies
     from .measure import Measure
 
+    trial = bound.trial
     eval_seconds = 0.0
     if ctx.progress:
         ctx.progress.evaluating(trial, sum(r.models for r in trial.recipes))
@@ -151,11 +153,11 @@ def _evaluate_all(trial: Trial, ctx: TrialContext, dset: Any, result: TrialResul
                     raise TrialError(f"the first eval recipe is 'ld-protocol' but the set of '{trial.distiller}' "
                                      f"records no model lifetime (meta test_steps/base_batch); list sgd first")
                 continue  # not applicable to this set: reported as n/a, never faked
-            build = ctx.builder(recipe.arch, trial.dataset)
+            build = bound.builder(recipe.arch)
             test = ctx.data.test(trial.dataset, recipe.test_size)
             ev = evaluate(dset, recipe, build, test, trial.seed, ctx.device, dset.init_state, on_model)
             eval_seconds += ev.seconds
-            rand = _random_baseline(trial, recipe, ctx, dset, ev)
+            rand = _random_baseline(bound, recipe, ctx, dset, ev)
             label = recipe.label
             result.per_model[label] = ev.accs
             values = {"acc_mean": ev.mean, "acc_std": ev.std}
@@ -169,7 +171,7 @@ def _evaluate_all(trial: Trial, ctx: TrialContext, dset: Any, result: TrialResul
     return measure.peak_mb
 
 
-def _random_baseline(trial: Trial, recipe: Recipe, ctx: TrialContext, dset: Any, ev: Any):
+def _random_baseline(bound: BoundTrial, recipe: Recipe, ctx: TrialContext, dset: Any, ev: Any):
     """Random real subset at the same budget and recipe; cached across distillers.
 
     None when the recipe cannot apply to a real subset ("distilled" step sizes belong to a set).
@@ -182,11 +184,11 @@ def _random_baseline(trial: Trial, recipe: Recipe, ctx: TrialContext, dset: Any,
     from .evaluate import evaluate
     from .trial import LD_PROTOCOL_META
 
+    trial, spec = bound.trial, bound.dataset
     if recipe.optimizer == "distilled":
         return None
     if trial.n is None:
         return ev
-    spec = ctx.plugins.datasets.get(trial.dataset)
     x, y = ctx.data.get(trial.dataset, "train")
     n, ipc = trial.n, trial.ipc
     # "ld-protocol": the subset trains for the set's own model lifetime and batch, which are part of the key
@@ -197,18 +199,18 @@ def _random_baseline(trial: Trial, recipe: Recipe, ctx: TrialContext, dset: Any,
     gen = torch.Generator().manual_seed(derive_seed(trial.seed, "random-subset", trial.dataset))
     subset = random_subset(x, y, spec.num_classes, ipc, n, gen)
     subset.meta.update(protocol)
-    ev = evaluate(subset, recipe, ctx.builder(recipe.arch, trial.dataset), ctx.data.test(trial.dataset, recipe.test_size),
+    ev = evaluate(subset, recipe, bound.builder(recipe.arch), ctx.data.test(trial.dataset, recipe.test_size),
                   trial.seed, ctx.device, dset.init_state)
     if recipe.init == "random":
         ctx.baselines[key] = ev
     return ev
 
 
-def _write_artifacts(trial: Trial, ctx: TrialContext, dset: Any) -> str:
+def _write_artifacts(bound: BoundTrial, ctx: TrialContext, dset: Any) -> str:
     from .artifacts import write_figures
 
+    trial, spec = bound.trial, bound.dataset
     out = Path(tempfile.mkdtemp(prefix="harness-trial-"))
-    spec = ctx.plugins.datasets.get(trial.dataset)
     (out / "trial.json").write_text(json.dumps(
         {"trial": trial.label, "key": trial.key, "params": trial.params(),
          "recipes": [r.params("") for r in trial.recipes]}, indent=2, default=str))

@@ -1,5 +1,7 @@
 """The public plugin contract: what plugins register and what distillers receive and return.
 
+The reference for plugin authors is docs/contract.md (the guide: docs/plugins.md).
+
 Nothing here imports torch at module level, so ``import harness`` (and ``harness --help``) stays fast.
 """
 
@@ -101,12 +103,21 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
-    """An architecture plugin: ``build(input_shape, num_classes) -> nn.Module``."""
+    """An architecture plugin: ``build(input_shape, num_classes) -> nn.Module``.
+
+    ``features=True`` declares that the model ends in a linear classifier: its last ``nn.Linear`` (in
+    ``modules()`` order) takes the penultimate feature vector and its output is the model's output.
+    Distillers that work on those features (``Capabilities.needs_features``: DM's embedding, LD-RR's
+    backbone) can only use architectures that declare it; :class:`harness.Features` reads them, and
+    the plan checks every declaration on a built model before any compute.
+    """
 
     name: str
     modalities: tuple[str, ...]
     build: Callable[[tuple[int, ...], int], "nn.Module"]
     description: str = ""
+    _: KW_ONLY
+    features: bool = False
 
     def __post_init__(self) -> None:
         check_name("architecture", self.name)
@@ -119,6 +130,8 @@ class ArchitectureSpec:
         object.__setattr__(self, "modalities", mods)
         if not callable(self.build):
             raise SpecError(f"architecture '{self.name}': build must be a callable")
+        if not isinstance(self.features, bool):
+            raise SpecError(f"architecture '{self.name}': features must be True or False, got {self.features!r}")
 
 
 @dataclass(frozen=True)
@@ -132,20 +145,39 @@ class Capabilities:
     fewer_than_classes: bool = False  # n < num_classes is supported
     known_init: bool = False  # can carry its init ("known" init eval); see carries_init(config)
     ignores_budget: bool = False  # ipc/n are ignored (e.g. the full training set)
+    needs_features: bool = False  # works on penultimate features: the arch must declare features=True
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What ``Distiller.check_trial`` sees of a trial, before any compute: the dataset it distils,
+    the architecture it distils with, the budget (``n`` total, ``ipc`` per class or None; both None
+    for a budget-free distiller) and the base dataset its examples come from (``dataset`` unless
+    the grid gives ``base_dataset``)."""
+
+    dataset: DatasetSpec
+    arch: ArchitectureSpec
+    n: int | None
+    ipc: int | None
+    base: DatasetSpec
+
+    @property
+    def is_image(self) -> bool:
+        """Images ``[C, H, W]``: what image augmentations (DSA) can transform."""
+        return self.dataset.modality == "image" and len(self.dataset.input_shape) == 3
 
 
 @runtime_checkable
-class Distiller(Protocol):
-    """The distiller protocol. A distiller is a class with:
+class DistillerProtocol(Protocol):
+    """What the harness needs of a distiller class (duck typing; :class:`Distiller` is the base
+    class that also supplies the documented defaults):
 
     - ``name``: the registry name;
     - ``Config``: a dataclass whose fields (all with defaults: the paper's) are the hyperparameters;
     - ``capabilities``: a :class:`Capabilities` (optional; all False by default);
     - ``distill(self, task: DistillTask) -> DistilledSet``.
     The class is instantiated with no arguments; the validated config arrives as ``task.config``.
-    Optional static methods: ``carries_init(config) -> bool`` (see :func:`carries_init`) and
-    ``check_trial(config, n, num_classes)``, raising ValueError for a budget the method cannot
-    distil with that config; the grid calls it before any compute.
+    Optional: ``carries_init(config)`` and ``check_trial(config, spec)`` as in :class:`Distiller`.
     The first line of the class docstring is its description in ``harness ls``.
     """
 
@@ -155,21 +187,63 @@ class Distiller(Protocol):
     def distill(self, task: "DistillTask") -> "DistilledSet": ...
 
 
+class Distiller:
+    """Base class for distillers: subclass it, set ``name``, ``Config`` and ``capabilities``, and
+    implement ``distill``. (A class with the same attributes that does not subclass it works too:
+    the harness then applies these same defaults.)
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    @classmethod
+    def carries_init(cls, config: Any) -> bool:
+        """Whether sets distilled with ``config`` carry the init they were distilled for ("known"
+        init evaluation). Default: ``capabilities.known_init``. Override when it depends on the
+        Config (SLDD carries one only with ``init = "fixed"``)."""
+        return capabilities_of(cls).known_init
+
+    @classmethod
+    def check_trial(cls, config: Any, spec: TrialSpec) -> None:
+        """Raise ValueError (one line: the problem and the fix) for a trial this method cannot run
+        with ``config``; called by ``harness validate`` and ``bench`` before any compute, after the
+        harness's own checks (budget vs classes, capabilities, features). Overrides call
+        ``super().check_trial(config, spec)``.
+
+        The default refuses image augmentation on anything but images: a Config with a true ``dsa``
+        field (the harness's DSA) on a dataset that is not ``[C, H, W]`` images.
+        """
+        if getattr(config, "dsa", False) is True and not spec.is_image:
+            raise ValueError(f"dsa = true augments images [C, H, W], but dataset '{spec.dataset.name}' is "
+                             f"{spec.dataset.modality} data of shape {spec.dataset.input_shape}; set dsa = false for it")
+
+    def distill(self, task: "DistillTask") -> "DistilledSet":  # pragma: no cover - the subclass's job
+        raise NotImplementedError(f"distiller '{getattr(self, 'name', type(self).__name__)}' implements no distill(task)")
+
+
 def capabilities_of(distiller: type) -> Capabilities:
     return getattr(distiller, "capabilities", None) or Capabilities()
 
 
 def carries_init(distiller: type, config: Any) -> bool:
-    """Whether sets distilled with ``config`` carry their init ("known" init evaluation).
-
-    ``capabilities.known_init`` says a distiller *can* distil for a fixed init; a distiller whose
-    choice depends on its Config (e.g. SLDD's ``init = "fixed"``) defines
-    ``carries_init(config) -> bool`` as a static or class method.
-    """
+    """Whether sets distilled with ``config`` carry their init ("known" init evaluation): never
+    without ``capabilities.known_init``; else the class's ``carries_init(config)`` (the
+    :class:`Distiller` default says yes)."""
     if not capabilities_of(distiller).known_init:
         return False
     hook = getattr(distiller, "carries_init", None)
     return bool(hook(config)) if callable(hook) else True
+
+
+def check_trial(distiller: type, config: Any, spec: TrialSpec) -> None:
+    """The class's ``check_trial(config, spec)``, or :meth:`Distiller.check_trial` for a class
+    that neither subclasses :class:`Distiller` nor defines one."""
+    hook = getattr(distiller, "check_trial", None)
+    if callable(hook):
+        hook(config, spec)
+    else:
+        Distiller.check_trial.__func__(distiller, config, spec)
 
 
 def describe(obj: object) -> str:

@@ -15,7 +15,8 @@ import dataclasses
 import math
 from typing import Any
 
-from .specs import ArchitectureSpec, DatasetSpec, DistilledSet, DistillTask, capabilities_of, carries_init
+from .specs import (ArchitectureSpec, DatasetSpec, DistilledSet, DistillTask, TrialSpec, capabilities_of,
+                    carries_init, check_trial)
 from .specs import validate_distiller_class as _static_check
 
 TINY_SHAPE = (1, 4, 4)
@@ -47,8 +48,8 @@ def _build_tiny(input_shape, num_classes):
 
 
 def tiny_arch(name: str = "tiny-mlp") -> ArchitectureSpec:
-    """A 2-layer MLP with 16 hidden units, for any modality."""
-    return ArchitectureSpec(name, ("image", "text"), _build_tiny, "16-unit MLP (tests only)")
+    """A 2-layer MLP with 16 hidden units, for any modality; declares penultimate features."""
+    return ArchitectureSpec(name, ("image", "text"), _build_tiny, "16-unit MLP (tests only)", features=True)
 
 
 def make_task(distiller: type, ipc: int | None = 2, n: int | None = None, seed: int = 0,
@@ -85,7 +86,8 @@ def make_task(distiller: type, ipc: int | None = 2, n: int | None = None, seed: 
 def check_distiller(distiller: type, ipc: int = 2, **config: Any) -> DistilledSet:
     """Run ``distiller`` on the tiny task and assert it honours the contract.
 
-    Checks: the class shape (name, Config with defaults, capabilities), a well-formed and finite
+    Checks: the class shape (name, Config with defaults, capabilities), that ``check_trial``
+    accepts the tiny trial, a well-formed and finite
     DistilledSet of the right size (unless the distiller ignores the budget), labels as
     distributions when labels are not learned, CPU determinism for a seed, a safetensors round
     trip, and that the protocol can train a model on the result. Returns the distilled set.
@@ -101,6 +103,13 @@ def check_distiller(distiller: type, ipc: int = 2, **config: Any) -> DistilledSe
     _static_check(distiller)
     caps = capabilities_of(distiller)
     assert dataclasses.is_dataclass(distiller.Config())
+    n = None if caps.ignores_budget else ipc * TINY_CLASSES
+    spec = tiny_dataset()
+    try:  # what `harness validate` asks the method before any compute
+        check_trial(distiller, distiller.Config(**config),
+                    TrialSpec(spec, tiny_arch(), n, None if n is None else ipc, spec))
+    except ValueError as exc:
+        raise AssertionError(f"check_trial refused the tiny {ipc}-per-class trial: {exc}") from None
     logged: list[tuple[int, dict]] = []
     task = make_task(distiller, ipc=ipc, **config)
     task._log = lambda step, **m: logged.append((step, m))

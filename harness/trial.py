@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 OPTIMIZERS = ("sgd", "adam", "distilled", "ld-protocol")
@@ -71,6 +71,9 @@ class Trial:
     config: tuple[tuple[str, Any], ...]
     recipes: tuple[Recipe, ...]
     versions: tuple[tuple[str, str], ...] = ()  # (distribution, version) of the plugins involved
+    # the validated Config instance ``config`` lists (built once by the grid, handed to the
+    # distiller as is); not part of equality or the key, which ``config`` defines
+    settings: Any = field(default=None, compare=False, repr=False)
 
     @property
     def budget(self) -> str:

@@ -11,8 +11,10 @@ from torch import nn
 from harness.errors import ConfigError
 from harness.grid import build_grid
 from harness.testing import TINY_CLASSES, TINY_SHAPE, _build_tiny, check_distiller, make_task
-from harness_distillers.condense import (ClassSampler, Embedding, Randomness, freeze_batchnorm, hard_labels,
-                                         images_per_class)
+from harness import Features
+from harness.specs import TrialSpec
+from harness.testing import tiny_arch, tiny_dataset
+from harness_distillers.condense import ClassSampler, Randomness, freeze_batchnorm, hard_labels, images_per_class
 from harness_distillers.dc import DC, DCWithDSA, gradient_distance, loops_for
 from harness_distillers.dm import DM
 
@@ -44,7 +46,8 @@ def test_dc_default_loops_follow_the_code_and_other_budgets_need_explicit_values
 @pytest.mark.parametrize("cls", [DM, DC])
 def test_budget_must_be_whole_images_per_class(cls):
     with pytest.raises(ValueError, match=r"n=4 is not a multiple of the 3 classes"):
-        cls.check_trial(cls.Config(outer_loop=1, inner_loop=1) if cls is DC else cls.Config(), 4, 3)
+        cls.check_trial(cls.Config(outer_loop=1, inner_loop=1) if cls is DC else cls.Config(),
+                        TrialSpec(tiny_dataset(), tiny_arch(), 4, None, tiny_dataset()))
     assert images_per_class(6, 3, "dm") == 2
 
 
@@ -78,15 +81,6 @@ def test_gradient_distance_is_the_codes_layerwise_cosine_distance():
     assert torch.allclose(gradient_distance([lin], [other]), expected, atol=1e-4)
 
 
-def test_embedding_is_the_input_of_the_last_linear_layer():
-    model = _build_tiny(TINY_SHAPE, TINY_CLASSES)
-    x = torch.randn(5, *TINY_SHAPE)
-    expected = model[2](model[1](model[0](x)))  # flatten -> linear(16) -> relu
-    assert torch.allclose(Embedding(model, "dm")(x), expected)
-    with pytest.raises(Exception, match="no nn.Linear layer"):
-        Embedding(nn.Sequential(nn.Conv2d(1, 2, 3)), "dm")
-
-
 def test_class_sampler_draws_only_the_requested_class_without_replacement():
     x = torch.arange(30.0).view(30, 1)
     y = torch.arange(3).repeat(10)
@@ -114,7 +108,7 @@ def test_dm_step_reduces_the_mean_embedding_gap_for_a_fixed_network():
     net = _build_tiny(TINY_SHAPE, TINY_CLASSES)
     for p in net.parameters():
         p.requires_grad_(False)
-    embed = Embedding(net, "dm")
+    embed = Features(net)
     real = torch.randn(64, *TINY_SHAPE) + 1.0
     syn = torch.randn(2, *TINY_SHAPE).requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=0.1)
@@ -186,16 +180,14 @@ def test_dsa_is_dc_with_the_augmentation_on():
     assert torch.equal(a.x, b.x)
 
 
-def test_dm_runs_on_non_image_inputs_without_dsa_and_dsa_refuses_them():
-    """DSA is for images: DM on [L, D] inputs (text) runs without it; DC with dsa = true says why not."""
-    task = make_task(DM, ipc=1, iterations=1, batch_real=8)
-    task.x = task.x.reshape(len(task.x), 4, 4)  # the tiny data as a 4 x 4 "sentence" (input_shape follows x)
-    out = DM().distill(task)
-    assert out.x.shape == (3, 4, 4) and out.meta["dsa"] is False
-    task = make_task(DCWithDSA, ipc=1, **SMALL_DC)
-    task.x = task.x.reshape(len(task.x), 4, 4)
-    with pytest.raises(Exception, match=r"DSA augments images \[C, H, W\], but this input has shape \(4, 4\); use dc"):
-        DCWithDSA().distill(task)
+def test_dm_and_dc_run_on_non_image_inputs_with_dsa_off():
+    """DSA is for images: on [L, D] inputs (text) DM and DC run with dsa = false; dsa = true on such
+    data is refused at validate for every method (tests/test_contract.py)."""
+    for cls, config in ((DM, dict(iterations=1, batch_real=8, dsa=False)), (DC, SMALL_DC)):
+        task = make_task(cls, ipc=1, **config)
+        task.x = task.x.reshape(len(task.x), 4, 4)  # the tiny data as a 4 x 4 "sentence" (input_shape follows x)
+        out = cls().distill(task)
+        assert out.x.shape == (3, 4, 4) and out.meta["dsa"] is False
 
 
 # -- what the golden tests pinned down (tests/golden/test_condense.py) ------------------------------
@@ -214,7 +206,7 @@ def test_dm_with_batchnorm_embeds_all_classes_together_as_the_code_does():
     rand.sampler = ClassSampler(task.x, task.y, 3, torch.Generator().manual_seed(5))
     reference = copy.deepcopy(net)
     loss = DM.iteration(net, syn, torch.optim.SGD([syn], lr=0.1), ipc=2, batch_real=8, rand=rand, dsa=None)
-    embed = Embedding(reference.train(), "dm")
+    embed = Features(reference.train())
     e_real = embed(torch.cat(reals)).detach().view(3, 8, -1).mean(1)
     e_syn = embed(expected_syn).view(3, 2, -1).mean(1)
     joint = (e_real - e_syn).square().sum()

@@ -12,7 +12,6 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import harness_distillers.ld as ld_mod
 import harness_distillers.ld_base as ld_base
@@ -25,7 +24,7 @@ from harness.testing import TINY_CLASSES, TINY_SHAPE, check_distiller, make_task
 from harness_distillers.ld import LD
 from harness_distillers.ld_base import LDBase
 from harness_distillers.ld_common import PlateauReset, paper_base_batch, paper_reset_window, renormalise_
-from harness_distillers.ld_rr import LDRR, ridge_solution, split_backbone
+from harness_distillers.ld_rr import LDRR, ridge_solution
 
 LEARNERS = [LD, LDRR]
 FAST = dict(outer_steps=5)
@@ -310,32 +309,6 @@ def test_ridge_is_differentiable_in_the_labels():
     p = torch.randn(4, 6, dtype=torch.float64)
     y = torch.rand(4, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: ridge_solution(p, t, 1.0), (y,))
-
-
-def test_split_backbone():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 7), nn.ReLU(), nn.Linear(7, 3))
-    features, dim = split_backbone(model)
-    assert dim == 7 and features(torch.zeros(2, 1, 4, 4)).shape == (2, 7)
-    assert features[1] is model[1]  # shares the modules
-    with pytest.raises(TypeError, match="nn.Sequential whose last module is an nn.Linear"):
-        split_backbone(nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.ReLU()))
-
-    class NotSequential(nn.Module):
-        def forward(self, x):
-            return x
-
-    with pytest.raises(TypeError, match="NotSequential"):
-        split_backbone(NotSequential())
-
-
-def test_ld_rr_rejects_an_unsplittable_architecture_before_compute():
-    task = make_task(LDRR, ipc=1, outer_steps=3)
-    task.make_model = lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.Softmax(dim=1))
-    logged = []
-    task._log = lambda step, **m: logged.append(step)
-    with pytest.raises(TypeError, match="ld-rr"):
-        LDRR().distill(task)
-    assert logged == []
 
 
 # -- configuration errors -------------------------------------------------------------------------------

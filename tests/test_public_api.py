@@ -47,3 +47,19 @@ def test_import_harness_does_not_import_torch():
     code = "import sys, harness; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_docs_the_code_and_readme_cite_exist_and_link_to_real_files():
+    """The contract, protocol and plugin guide live in the repository, and every relative link in
+    them (and in the README) points at a file that exists."""
+    import re
+
+    docs = REPO / "docs"
+    assert {"contract.md", "protocol.md", "plugins.md", "offline-data.md"} <= {p.name for p in docs.glob("*.md")}
+    cited = set()
+    for path in [*(REPO / "harness").rglob("*.py"), REPO / "README.md"]:
+        cited |= set(re.findall(r"docs/[\w.-]+\.md", path.read_text(encoding="utf-8")))
+    assert cited and all((REPO / c).is_file() for c in cited), cited
+    for page in [REPO / "README.md", REPO / "examples" / "README.md", *docs.glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            assert (page.parent / target).exists(), f"{page.relative_to(REPO)} links to missing {target}"

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness import Capabilities, DistilledSet
+from harness import Capabilities, Distiller, DistilledSet
 
 SPACES = ("input", "features")
 
 
-class ExampleHerding:
+class ExampleHerding(Distiller):
     """Herding (Welling 2009, as in iCaRL): per class, greedily match the class mean with real examples."""
 
     name = "example-herding"
@@ -39,8 +39,8 @@ class ExampleHerding:
     class Config:
         space: str = "input"
         """Where means are matched: "input" (the raw input tensors, flattened) or "features" (the
-        penultimate activations of a randomly initialised ``task.make_model()`` network; for an
-        ``nn.Sequential`` the last layer is dropped, any other model's output is used as is)."""
+        penultimate activations of a randomly initialised ``task.make_model()`` network, read with
+        :class:`harness.Features`; the architecture must declare ``features=True``)."""
 
         normalize: bool = False
         """L2-normalise every example's vector before herding (iCaRL normalises its features)."""
@@ -53,6 +53,15 @@ class ExampleHerding:
                 raise ValueError(f"space must be one of {', '.join(repr(s) for s in SPACES)}, got {self.space!r}")
             if not isinstance(self.batch_size, int) or self.batch_size < 1:
                 raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+
+    @classmethod
+    def check_trial(cls, config, spec) -> None:
+        """Refuse "features" space on an architecture without declared penultimate features, before
+        any compute (the harness calls this from ``validate`` and ``bench``)."""
+        super().check_trial(config, spec)
+        if config.space == "features" and not spec.arch.features:
+            raise ValueError(f"space = 'features' needs an architecture that declares penultimate features; "
+                             f"'{spec.arch.name}' does not (use space = 'input', or such an architecture)")
 
     def distill(self, task) -> DistilledSet:
         import torch
@@ -87,15 +96,14 @@ class ExampleHerding:
     def embed(task, cfg):
         """The vectors herding works on: flattened inputs, or random-network features."""
         import torch
-        from torch import nn
+
+        from harness import Features
 
         if cfg.space == "input":
             return task.x.flatten(1)
-        model = task.make_model().eval()
-        if isinstance(model, nn.Sequential) and len(model) > 1:
-            model = model[:-1]  # penultimate activations
+        features = Features(task.make_model().eval())  # penultimate activations
         with torch.no_grad():
-            return torch.cat([model(task.x[i : i + cfg.batch_size]).flatten(1)
+            return torch.cat([features(task.x[i : i + cfg.batch_size])
                               for i in range(0, len(task.x), cfg.batch_size)])
 
 

@@ -23,7 +23,8 @@ def register_datasets(register):
 @hookimpl
 def register_architectures(register):
     register(ArchitectureSpec("example-linear", ("image", "text"), archs.build_linear,
-                              "flatten -> linear classifier (a softmax-regression baseline)"))
+                              "flatten -> linear classifier (a softmax-regression baseline)",
+                              features=True))  # its classifier sees the flattened input
 
 
 @hookimpl

@@ -58,3 +58,15 @@ def test_the_harness_sees_the_plugin():
     assert "example-herding" in plugins.distillers
     assert "example-blobs" in plugins.datasets
     assert "example-linear" in plugins.architectures
+
+
+def test_features_space_needs_an_architecture_that_declares_them():
+    """check_trial sees the trial before any compute (`harness validate` calls it)."""
+    from harness import ArchitectureSpec, TrialSpec
+    from harness.testing import tiny_arch, tiny_dataset
+
+    data, config = tiny_dataset(), ExampleHerding.Config(space="features")
+    ExampleHerding.check_trial(config, TrialSpec(data, tiny_arch(), 6, 2, data))
+    plain = ArchitectureSpec("plain", ("image",), tiny_arch().build)  # features not declared
+    with pytest.raises(ValueError, match="'plain' does not"):
+        ExampleHerding.check_trial(config, TrialSpec(data, plain, 6, 2, data))

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness import Capabilities, DistilledSet
+from harness import Capabilities, Distiller, DistilledSet
 
 
-class RandomSubset:
+class RandomSubset(Distiller):
     """Class-balanced random subset of real training examples with hard labels."""
 
     name = "random"
     capabilities = Capabilities(fewer_than_classes=True)
 
-    @dataclass
+    @dataclass(frozen=True)
     class Config:
         pass  # no hyperparameters: ipc (or n) and the seed define the subset
 
@@ -26,13 +26,13 @@ class RandomSubset:
         return dset
 
 
-class Full:
+class Full(Distiller):
     """The whole training set with hard labels: the upper reference (ignores ipc/n)."""
 
     name = "full"
     capabilities = Capabilities(ignores_budget=True)
 
-    @dataclass
+    @dataclass(frozen=True)
     class Config:
         pass
 

@@ -1,15 +1,55 @@
-"""What the dataset-condensation methods (DC, DSA, DM) share: a fixed number of synthetic images
-per class with hard labels, real images drawn per class, and the networks' feature extractor."""
+"""What the dataset-condensation methods (DC, DSA, DM) share: their common Config fields, a fixed
+number of synthetic images per class with hard labels, and real images drawn per class."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import DistilledSet
-from harness import DSA, DSAParams, dsa_draw_seed
-from harness import TrialError
+from harness import DSA, DSA_STRATEGY, DSAParams, DistilledSet, check_init_scheme, dsa_draw_seed
+
+from .checks import check_bool, check_choice, check_fraction, check_int, check_positive
+
+
+@dataclass(frozen=True)
+class CondensationConfig:
+    """The hyperparameters DC, DSA and DM share (the DatasetCondensation code's flags; each method's
+    Config documents its own defaults).
+
+    Attributes:
+        iterations: ``--Iteration``: outer iterations, each from a freshly initialised network.
+        lr_img: ``--lr_img``: SGD learning rate of the synthetic images.
+        momentum: SGD momentum of the images (0.5, hard-coded in the code's ``optimizer_img``).
+        batch_real: ``--batch_real`` (256): real images per class per matching step.
+        init: ``--init``: "noise" (N(0, I)) or "real" (random real images of each class).
+        dsa: differentiable siamese augmentation (``--method DSA`` / DM's ``--dsa_strategy``); image
+            data only (``Distiller.check_trial`` refuses it on anything else before compute).
+        dsa_strategy: ``--dsa_strategy`` ("color_crop_cutout_flip_scale_rotate").
+        model_init: init of the networks (``default``: PyTorch's own, as the code's ``get_network``
+            leaves them; see :mod:`harness.init`).
+    """
+
+    iterations: int = 1000
+    lr_img: float = 0.1
+    momentum: float = 0.5
+    batch_real: int = 256
+    init: str = "noise"
+    dsa: bool = False
+    dsa_strategy: str = DSA_STRATEGY
+    model_init: str = "default"
+
+    def __post_init__(self) -> None:
+        check_int("iterations", self.iterations, 1)
+        check_positive("lr_img", self.lr_img)
+        check_fraction("momentum", self.momentum)
+        check_int("batch_real", self.batch_real, 1)
+        check_choice("init", self.init, ("noise", "real"))
+        check_bool("dsa", self.dsa)
+        DSAParams(strategy=self.dsa_strategy)  # names unknown transforms
+        check_init_scheme(self.model_init, "model_init")
 
 
 def images_per_class(n: int, num_classes: int, method: str) -> int:
@@ -96,28 +136,6 @@ def hard_labels(num_classes: int, ipc: int, device) -> torch.Tensor:
 
 def condensed_set(x: torch.Tensor, ipc: int, num_classes: int, **meta) -> DistilledSet:
     return DistilledSet(x=x.detach().clone(), y=hard_labels(num_classes, ipc, x.device), meta=meta)
-
-
-class Embedding:
-    """The features a network's classifier sees: the input of its last ``nn.Linear`` (the DC code's
-    ``net.embed``: ConvNet's flattened feature map; MLP/LeNet's last hidden layer). Read with a
-    forward pre-hook, so any architecture ending in a linear classifier works unchanged."""
-
-    def __init__(self, model: nn.Module, method: str):
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise TrialError(f"{method} matches the features in front of the classifier, but this "
-                             f"architecture has no nn.Linear layer; use one that ends in a linear classifier")
-        self.model, self.classifier = model, linears[-1]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        seen: list[torch.Tensor] = []
-        handle = self.classifier.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
-        try:
-            self.model(x)
-        finally:
-            handle.remove()
-        return seen[-1].flatten(1)
 
 
 def has_batchnorm(model: nn.Module) -> bool:

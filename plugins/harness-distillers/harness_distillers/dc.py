@@ -53,13 +53,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness import Capabilities
-from harness import DSA, DSA_STRATEGY, DSAParams
-from harness import TrialError
-from harness import check_init_scheme
+from harness import DSA, Capabilities, Distiller, TrialError
 
-from .checks import check_bool, check_choice, check_fraction, check_int, check_positive
-from .condense import (Randomness, class_labels, condensed_set, dsa_for, freeze_batchnorm, has_batchnorm,
+from .checks import check_int, check_positive
+from .condense import (CondensationConfig, Randomness, class_labels, condensed_set, dsa_for, freeze_batchnorm, has_batchnorm,
                        image_optimizer, images_per_class, initial_images)
 
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}  # get_loops
@@ -88,32 +85,28 @@ def loops_for(config, ipc: int) -> tuple[int, int]:
     return config.outer_loop or outer, config.inner_loop or inner
 
 
-class DC:
+class DC(Distiller):
     """Gradient matching per class (DC); with dsa = true, differentiable siamese augmentation (DSA)."""
 
     name = "dc"
     capabilities = Capabilities(learns_inputs=True)
 
-    @dataclass
-    class Config:
-        """DC/DSA hyperparameters (defaults: ``main.py`` of the DatasetCondensation code).
+    @dataclass(frozen=True)
+    class Config(CondensationConfig):
+        """DC/DSA hyperparameters (defaults: ``main.py`` of the DatasetCondensation code). The shared
+        fields are :class:`~harness_distillers.condense.CondensationConfig`'s, with DC's defaults.
 
         Attributes:
             iterations: ``--Iteration`` (1,000). Each starts from a fresh random network.
-            outer_loop: image updates per iteration; None = the code's ``get_loops(ipc)``.
-            inner_loop: epochs of network training on the synthetic set between image updates;
-                None = ``get_loops(ipc)``.
-            lr_img: ``--lr_img`` (0.1). SGD learning rate of the synthetic images (momentum 0.5).
-            momentum: SGD momentum of the images (0.5, hard-coded in the code).
-            lr_net: ``--lr_net`` (0.01). Plain SGD for the network's inner training.
-            batch_real: ``--batch_real`` (256). Real images per class per matching step.
-            batch_train: ``--batch_train`` (256). Batch size of the network's inner training.
+            lr_img: ``--lr_img`` (0.1), SGD with momentum 0.5.
             init: ``--init`` ("noise": N(0, I)); "real": random real images of each class.
             dsa: False = DC; True = DSA (``--method DSA``): the siamese augmentation in matching
                 and in the inner training.
-            dsa_strategy: ``--dsa_strategy`` for DSA ("color_crop_cutout_flip_scale_rotate").
-            model_init: init of the networks (``default``: PyTorch's own, as the code's
-                ``get_network`` leaves them; see :mod:`harness.init`).
+            outer_loop: image updates per iteration; None = the code's ``get_loops(ipc)``.
+            inner_loop: epochs of network training on the synthetic set between image updates;
+                None = ``get_loops(ipc)``.
+            lr_net: ``--lr_net`` (0.01). Plain SGD for the network's inner training.
+            batch_train: ``--batch_train`` (256). Batch size of the network's inner training.
 
         Deviations, and why:
             - Random draws (real batches, noise init, batch order, DSA seeds) come from the trial's
@@ -127,44 +120,31 @@ class DC:
         """
 
         iterations: int = 1000
-        outer_loop: int | None = None
-        inner_loop: int | None = None
         lr_img: float = 0.1
-        momentum: float = 0.5
-        lr_net: float = 0.01
-        batch_real: int = 256
-        batch_train: int = 256
         init: str = "noise"
         dsa: bool = False
-        dsa_strategy: str = DSA_STRATEGY
-        model_init: str = "default"
+        outer_loop: int | None = None
+        inner_loop: int | None = None
+        lr_net: float = 0.01
+        batch_train: int = 256
 
         def __post_init__(self) -> None:
-            check_int("iterations", self.iterations, 1)
+            super().__post_init__()
             for name in ("outer_loop", "inner_loop"):
                 if getattr(self, name) is not None:
                     check_int(name, getattr(self, name), 1)
-            check_positive("lr_img", self.lr_img)
-            check_fraction("momentum", self.momentum)
             check_positive("lr_net", self.lr_net)
-            check_int("batch_real", self.batch_real, 1)
             check_int("batch_train", self.batch_train, 1)
-            check_choice("init", self.init, ("noise", "real"))
-            check_bool("dsa", self.dsa)
-            DSAParams(strategy=self.dsa_strategy)
-            check_init_scheme(self.model_init, "model_init")
 
-    @staticmethod
-    def check_trial(config, n: int, num_classes: int) -> None:
-        loops_for(config, images_per_class(n, num_classes, "dc"))
+    @classmethod
+    def check_trial(cls, config, spec) -> None:
+        super().check_trial(config, spec)
+        loops_for(config, images_per_class(spec.n, spec.dataset.num_classes, cls.name))
 
     def distill(self, task):
         cfg = task.config
         ipc = images_per_class(task.n, task.num_classes, self.name)
         outer_loop, inner_loop = loops_for(cfg, ipc)
-        if cfg.dsa and len(task.input_shape) != 3:
-            raise TrialError(f"{self.name}: DSA augments images [C, H, W], but this input has shape "
-                             f"{tuple(task.input_shape)}; use dc (dsa = false) for it")
         dsa = dsa_for(cfg)
         rand = Randomness(task)
         syn = initial_images(task, ipc, cfg.init, rand)  # S: ipc images per class
@@ -256,7 +236,7 @@ class DCWithDSA(DC):
 
     name = "dsa"
 
-    @dataclass
+    @dataclass(frozen=True)
     class Config(DC.Config):
         """DC's hyperparameters (see :class:`DC.Config`, defaults, deviations) with ``dsa = True``:
         the code's ``--method DSA --dsa_strategy color_crop_cutout_flip_scale_rotate``. Registered

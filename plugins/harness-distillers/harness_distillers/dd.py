@@ -48,7 +48,7 @@ class DD(SLDD):
     name = "dd"
     capabilities = Capabilities(learns_inputs=True, learns_lr=True, known_init=True)
 
-    @dataclass
+    @dataclass(frozen=True)
     class Config(UnrolledGDConfig):
         """DD hyperparameters: the Dataset Distillation code's defaults; see
         :class:`harness_distillers.sldd.UnrolledGDConfig` for each field and its source."""

@@ -17,13 +17,13 @@ arXiv:2110.04181; code github.com/VICO-UoE/DatasetCondensation (``main_DM.py``).
 Defaults are the code's (``main_DM.py``): ``--Iteration 20000``, ``--lr_img 1.0`` (SGD momentum
 0.5), ``--batch_real 256``, ``--init real``, ``--dsa_strategy color_crop_cutout_flip_scale_rotate``
 (:mod:`harness.augment` with the code's ``ParamDiffAug``). The embedding psi is the input of the
-architecture's last linear layer (:class:`harness_distillers.condense.Embedding`): for ConvNet that
-is the code's ``net.embed``, the flattened feature map. The network is in train mode, as in the code
+architecture's classifier (:class:`harness.Features`; the architecture must declare
+``features=True``): for ConvNet that is the code's ``net.embed``, the flattened feature map. The network is in train mode, as in the code
 (instance norm is unaffected; batch norm normalises with the statistics of the batch, which holds
 every class at once as in the code's ConvNetBN branch).
 
-DSA is an image augmentation: on other inputs (text embeddings [L, D]) DM runs without it (the
-reference code handles images only); ``meta["dsa"]`` records what ran.
+DSA is an image augmentation: on other inputs (text embeddings [L, D]) set ``dsa = false``; with
+``dsa = true`` such a trial is refused before any compute (``Distiller.check_trial``).
 
 Every iteration is :meth:`DM.iteration`, the unit the golden test checks: from the same state
 (images, network weights, real batches, DSA seeds) it gives the reference code's images and
@@ -45,45 +45,35 @@ from dataclasses import dataclass
 
 import torch
 
-from harness import Capabilities
-from harness import DSA, DSA_STRATEGY, DSAParams
-from harness import TrialError
-from harness import check_init_scheme
+from harness import DSA, Capabilities, Distiller, Features, TrialError
 
-from .checks import check_bool, check_choice, check_fraction, check_int, check_positive
-from .condense import (Embedding, Randomness, condensed_set, dsa_for, has_batchnorm, image_optimizer,
+from .condense import (CondensationConfig, Randomness, condensed_set, dsa_for, has_batchnorm, image_optimizer,
                        images_per_class, initial_images)
 
 
-class DM:
+class DM(Distiller):
     """Distribution matching: synthetic images whose mean embeddings match the real ones per class."""
 
     name = "dm"
-    capabilities = Capabilities(learns_inputs=True)
+    capabilities = Capabilities(learns_inputs=True, needs_features=True)
 
-    @dataclass
-    class Config:
-        """DM hyperparameters (defaults: ``main_DM.py`` of the DatasetCondensation code).
+    @dataclass(frozen=True)
+    class Config(CondensationConfig):
+        """DM hyperparameters (defaults: ``main_DM.py`` of the DatasetCondensation code). The fields
+        are :class:`~harness_distillers.condense.CondensationConfig`'s, with DM's defaults.
 
         Attributes:
             iterations: ``--Iteration`` (20,000). Image updates; one fresh random network each.
-            lr_img: ``--lr_img`` (1.0). SGD learning rate of the synthetic images.
-            momentum: SGD momentum of the images (0.5, hard-coded in the code).
-            batch_real: ``--batch_real`` (256). Real images per class per iteration.
+            lr_img: ``--lr_img`` (1.0), SGD with momentum 0.5.
             init: ``--init`` ("real"): start from random real images of each class; "noise": N(0, I).
             dsa: differentiable siamese augmentation of real and synthetic batches (True in DM:
-                ``--dsa_strategy`` not "none").
-            dsa_strategy: ``--dsa_strategy`` ("color_crop_cutout_flip_scale_rotate").
-            model_init: init of the networks (``default``: PyTorch's own, as the code's
-                ``get_network`` leaves them; see :mod:`harness.init`).
+                ``--dsa_strategy`` not "none"); set it false for data that are not images.
 
         Deviations, and why:
             - Random draws (real batches, init, DSA seeds) come from the trial's generator, on
               CPU; the code uses numpy's and torch's global RNGs and seeds each DSA draw and each
               network with the wall clock. Runs are reproducible, and the golden tests replay the
               code's draws to show the arithmetic is the same.
-            - Inputs that are not images [C, H, W] (text embeddings) run without DSA (the code takes
-              images only); ``meta["dsa"]`` records what ran.
             - With batch norm, real images are embedded per class group of whatever size the class
               has (the code reshapes to ``batch_real`` per class and fails on smaller classes).
             None in the arithmetic: one iteration matches the code's to float64 round-off
@@ -92,32 +82,18 @@ class DM:
 
         iterations: int = 20000
         lr_img: float = 1.0
-        momentum: float = 0.5
-        batch_real: int = 256
         init: str = "real"
         dsa: bool = True
-        dsa_strategy: str = DSA_STRATEGY
-        model_init: str = "default"
 
-        def __post_init__(self) -> None:
-            check_int("iterations", self.iterations, 1)
-            check_positive("lr_img", self.lr_img)
-            check_fraction("momentum", self.momentum)
-            check_int("batch_real", self.batch_real, 1)
-            check_choice("init", self.init, ("real", "noise"))
-            check_bool("dsa", self.dsa)
-            DSAParams(strategy=self.dsa_strategy)  # names unknown transforms
-            check_init_scheme(self.model_init, "model_init")
-
-    @staticmethod
-    def check_trial(config, n: int, num_classes: int) -> None:
-        images_per_class(n, num_classes, "dm")
+    @classmethod
+    def check_trial(cls, config, spec) -> None:
+        super().check_trial(config, spec)
+        images_per_class(spec.n, spec.dataset.num_classes, cls.name)
 
     def distill(self, task):
         cfg = task.config
         ipc = images_per_class(task.n, task.num_classes, self.name)
-        use_dsa = cfg.dsa and len(task.input_shape) == 3  # images [C, H, W] only
-        dsa = dsa_for(cfg) if use_dsa else None
+        dsa = dsa_for(cfg)
         rand = Randomness(task)
         syn = initial_images(task, ipc, cfg.init, rand)  # S: ipc images per class
         opt = image_optimizer(syn, cfg.lr_img, cfg.momentum)
@@ -132,7 +108,7 @@ class DM:
             done = it + 1
             task.log(it, loss=loss)
 
-        return condensed_set(syn, ipc, task.num_classes, iterations_done=done, init=cfg.init, dsa=use_dsa)
+        return condensed_set(syn, ipc, task.num_classes, iterations_done=done, init=cfg.init, dsa=cfg.dsa)
 
     @staticmethod
     def iteration(net, syn, opt, *, ipc: int, batch_real: int, rand: Randomness, dsa: DSA | None) -> float:
@@ -145,7 +121,7 @@ class DM:
         net.train()
         for p in net.parameters():
             p.requires_grad_(False)
-        embed = Embedding(net, "dm")
+        embed = Features(net)
         reals, fakes = [], []
         for c in range(num_classes):
             real = rand.real(c, batch_real).to(device=syn.device, dtype=syn.dtype)

@@ -74,9 +74,9 @@ Kept without an option (no effect on a run that the code completes):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from harness import Capabilities, DistilledSet
+from harness import Capabilities, Distiller, DistilledSet
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -84,14 +84,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from .ld_common import (
     MODEL_OPTIMIZERS,
-    PAPER_OUTER_STEPS,
-    PAPER_VAL_EVERY_EPOCHS,
-    PAPER_VAL_FRACTION,
     PlateauReset,
     TargetBatches,
+    LabelDistillationConfig,
     ValidationSelect,
-    check_common,
-    check_int,
     check_positive,
     classification_error,
     minibatch,
@@ -184,7 +180,7 @@ def fit_error_ld(task: Any, base_x: "torch.Tensor", base_batch: int, model_lr: f
     return fit
 
 
-class LD:
+class LD(Distiller):
     """Label distillation (second-order): learn soft labels for fixed real base images (Bohdal et al. 2020).
 
     The algorithm, every default with its source in the code, the code's test protocol and the
@@ -195,58 +191,27 @@ class LD:
     name = "ld"
     capabilities = Capabilities(learns_labels=True, cross_dataset=True)
 
-    @dataclass
-    class Config:
-        outer_steps: int = PAPER_OUTER_STEPS
-        """Outer (label) steps. Default: the code's MNIST budget, 400 epochs x 49 batches of 1,024 =
-        19,600 (it runs 800 epochs for 200/500 base examples). CPU grids scale this down."""
-        label_lr: float = 1e-3
-        """Adam learning rate of the labels (the code: ``torch.optim.Adam([labels])``, default lr)."""
+    @dataclass(frozen=True)
+    class Config(LabelDistillationConfig):
+        """LD's hyperparameters: the fields shared with LD-RR
+        (:class:`~harness_distillers.ld_common.LabelDistillationConfig`, the code's defaults) and
+        LD's inner step and online-model optimiser."""
+
+        method: ClassVar[str] = "ld"
         inner_lr: float = 0.01
         """Step size of the one inner SGD step through which the labels are learned (code
         ``--inner_lr 0.01``)."""
-        base_batch: int = 0
-        """Base (inner) minibatch size; 0 = the code's rule: half the base examples, within [10, 50]
-        (``--inner_batch_size`` of its configs: 10->10, 20->10, 50->25, 100->50, >=200->50); capped at n."""
-        target_batch: int = 1024
-        """Real target examples per outer step (code ``--batch_size 1024``); capped at the target rows."""
-        target_sampling: str = "epochs"
-        """"epochs": shuffled passes over the target rows, last batch partial (the code's DataLoader);
-        "random": an independent random minibatch every step (a deviation)."""
         model_optimizer: str = "adam"
         """How the online model is trained on (base, labels) with the inner gradient: "adam" (the
         code: ``torch.optim.Adam(model.parameters())``, lr ``model_lr``) or "sgd" (the inner SGD step
         itself made permanent, detached: theta <- theta - inner_lr * g; a deviation)."""
-        model_lr: float = 1e-3
-        """Adam learning rate of the online model and of the validation models (the code: Adam's
-        default 1e-3)."""
-        reset_window: int = 0
-        """Model reset: moving-average window AND patience in steps (the code's ``stats_gap``, one
-        value for both); 0 = the code's rule: 50, or 200 for more than 100 base examples, or 100 for
-        targets with more than 10 classes. See :class:`PlateauReset` for the exact rule."""
-        select_best: bool = True
-        """Keep the labels with the best validation error (the code) instead of the last ones."""
-        val_fraction: float = PAPER_VAL_FRACTION
-        """Held-out fraction of the TRAINING set for validation (select_best only); the code's MNIST
-        ratio, 10,000 of 60,000. On mnist-subset (4,000): 667 validation rows."""
-        val_every_epochs: int = PAPER_VAL_EVERY_EPOCHS
-        """Validate after every this many epochs over the target rows (the code: 5)."""
-        model_init: str = "default"
-        """Init of every model LD builds (``harness.init``): the code uses PyTorch's default init."""
-        cross_balanced: bool = False
-        """Cross-dataset only: class-balanced base examples (True) or the code's uniformly random
-        draw from the base pool (False, its "ubl" configs)."""
 
         def __post_init__(self) -> None:
-            where = "ld"
-            check_int(where, "outer_steps", self.outer_steps, 1)
-            check_positive(where, label_lr=self.label_lr, inner_lr=self.inner_lr, model_lr=self.model_lr)
-            check_int(where, "base_batch", self.base_batch, 0, " (0 = the paper's rule)")
-            check_int(where, "target_batch", self.target_batch, 1)
-            check_int(where, "reset_window", self.reset_window, 0, " (0 = the paper's rule)")
+            super().__post_init__()
+            check_positive(self.method, inner_lr=self.inner_lr)
             if self.model_optimizer not in MODEL_OPTIMIZERS:
-                raise ValueError(f"{where}.model_optimizer must be one of {MODEL_OPTIMIZERS}, got {self.model_optimizer!r}")
-            check_common(where, self)
+                raise ValueError(f"{self.method}.model_optimizer must be one of {MODEL_OPTIMIZERS}, "
+                                 f"got {self.model_optimizer!r}")
 
     def new_state(self, task: Any, n: int) -> LDState:
         import torch

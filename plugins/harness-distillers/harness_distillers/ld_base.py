@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from harness import Capabilities, DistilledSet
+from harness import Capabilities, Distiller, DistilledSet
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -65,7 +65,7 @@ def best_num_steps(task: Any, base_x: "torch.Tensor", labels: "torch.Tensor", ba
     return best, history
 
 
-class LDBase:
+class LDBase(Distiller):
     """LD's comparison: the same real base examples as LD (same seed) with their true one-hot labels.
 
     With ``select_steps`` (the code's baseline, default) it also runs the code's
@@ -78,7 +78,7 @@ class LDBase:
     name = "ld-base"
     capabilities = Capabilities()  # true labels exist only when the base examples are target examples
 
-    @dataclass
+    @dataclass(frozen=True)
     class Config:
         label_smoothing: float = 0.0
         """Label smoothing of the true labels, y <- (1 - s) * onehot + s / C (the code's

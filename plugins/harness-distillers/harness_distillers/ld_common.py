@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from . import checks
 
@@ -27,6 +27,68 @@ PAPER_OUTER_STEPS = 19_600
 PAPER_VAL_FRACTION = 1.0 / 6.0
 # The code validates every 5 epochs (``if epoch % 5 == 4``, line 389).
 PAPER_VAL_EVERY_EPOCHS = 5
+
+
+# -- the Config fields LD and LD-RR share -----------------------------------------------------------
+@dataclass(frozen=True)
+class LabelDistillationConfig:
+    """The hyperparameters LD and LD-RR share, with the code's defaults (each method's Config adds
+    its own: LD's inner step and online-model optimiser, LD-RR's ridge head and scale)."""
+
+    method: ClassVar[str] = "ld"  # names the fields in error messages: "<method>.<field> must ..."
+
+    outer_steps: int = PAPER_OUTER_STEPS
+    """Outer (label) steps. Default: the code's MNIST budget, 400 epochs x 49 batches of 1,024 =
+    19,600 (it runs 800 epochs for 200/500 base examples). CPU grids scale this down."""
+    label_lr: float = 1e-3
+    """Adam learning rate of the labels (the code: ``torch.optim.Adam([labels])``, default lr)."""
+    base_batch: int = 0
+    """Base (inner) minibatch size; 0 = the code's rule: half the base examples, within [10, 50]
+    (``--inner_batch_size`` of its configs: 10->10, 20->10, 50->25, 100->50, >=200->50); capped at n."""
+    target_batch: int = 1024
+    """Real target examples per outer step (code ``--batch_size 1024``); capped at the target rows."""
+    target_sampling: str = "epochs"
+    """"epochs": shuffled passes over the target rows, last batch partial (the code's DataLoader);
+    "random": an independent random minibatch every step (a deviation)."""
+    model_lr: float = 1e-3
+    """Adam learning rate of the online model (LD-RR: of its backbone) and of the validation models
+    (the code: ``Adam(model.parameters())``, default lr 1e-3)."""
+    reset_window: int = 0
+    """Model reset: moving-average window AND patience in steps (the code's ``stats_gap``, one
+    value for both); 0 = the code's rule: 50, or 200 for more than 100 base examples, or 100 for
+    targets with more than 10 classes. See :class:`PlateauReset` for the exact rule."""
+    select_best: bool = True
+    """Keep the labels with the best validation error (the code) instead of the last ones."""
+    val_fraction: float = PAPER_VAL_FRACTION
+    """Held-out fraction of the TRAINING set for validation (select_best only); the code's MNIST
+    ratio, 10,000 of 60,000. On mnist-subset (4,000): 667 validation rows."""
+    val_every_epochs: int = PAPER_VAL_EVERY_EPOCHS
+    """Validate after every this many epochs over the target rows (the code: 5)."""
+    model_init: str = "default"
+    """Init of every model the method builds (``harness.init``): the code uses PyTorch's default."""
+    cross_balanced: bool = False
+    """Cross-dataset only: class-balanced base examples (True) or the code's uniformly random
+    draw from the base pool (False, its "ubl" configs)."""
+
+    def __post_init__(self) -> None:
+        from harness import check_init_scheme
+
+        where = self.method
+        check_int(where, "outer_steps", self.outer_steps, 1)
+        check_positive(where, label_lr=self.label_lr, model_lr=self.model_lr)
+        check_int(where, "base_batch", self.base_batch, 0, " (0 = the paper's rule)")
+        check_int(where, "target_batch", self.target_batch, 1)
+        check_int(where, "reset_window", self.reset_window, 0, " (0 = the paper's rule)")
+        if self.target_sampling not in TARGET_SAMPLING:
+            raise ValueError(f"{where}.target_sampling must be one of {TARGET_SAMPLING}, got {self.target_sampling!r}")
+        for key in ("select_best", "cross_balanced"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{where}.{key} must be a bool, got {getattr(self, key)!r}")
+        v = self.val_fraction
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
+            raise ValueError(f"{where}.val_fraction must be a number in (0, 1), got {v!r}")
+        check_int(where, "val_every_epochs", self.val_every_epochs, 1)
+        check_init_scheme(self.model_init, f"{where}.model_init")
 
 
 # -- shared pieces (LD, LD-base, LD-RR) ------------------------------------------------------------
@@ -330,22 +392,6 @@ def check_positive(where: str, **values: Any) -> None:
 def check_int(where: str, key: str, value: Any, minimum: int, hint: str = "") -> None:
     """``checks.check_int`` for field ``<where>.<key>``."""
     checks.check_int(f"{where}.{key}", value, minimum, hint)
-
-
-def check_common(where: str, cfg: Any) -> None:
-    """Validation of the fields LD and LD-RR share (sampling, selection, init)."""
-    from harness import check_init_scheme
-
-    if cfg.target_sampling not in TARGET_SAMPLING:
-        raise ValueError(f"{where}.target_sampling must be one of {TARGET_SAMPLING}, got {cfg.target_sampling!r}")
-    for key in ("select_best", "cross_balanced"):
-        if not isinstance(getattr(cfg, key), bool):
-            raise ValueError(f"{where}.{key} must be a bool, got {getattr(cfg, key)!r}")
-    v = cfg.val_fraction
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
-        raise ValueError(f"{where}.val_fraction must be a number in (0, 1), got {v!r}")
-    check_int(where, "val_every_epochs", cfg.val_every_epochs, 1)
-    check_init_scheme(cfg.model_init, f"{where}.model_init")
 
 
 def soft_cross_entropy(logits: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":

@@ -51,8 +51,8 @@ error over the 20. ``meta["test_steps"]`` holds ``best_num_steps``.
 
 Deviations, and why (Config options; defaults are the code's):
 - The code's backbone is LeNet/AlexNet without its last layer (84/192 features); here it is
-  ``task.make_model()`` minus its final ``nn.Linear``, which requires an ``nn.Sequential`` ending
-  in one (every harness architecture is one; build_lenet[:-1] is the code's LeNet backbone exactly).
+  ``task.make_model()`` up to its classifier (:class:`harness.Features`), so the architecture must
+  declare ``features=True`` (checked before compute; LeNet's features are the code's backbone exactly).
 - ``ridge_form``: "dual" is the code's b x b solve (``torch.inverse`` then products); "auto" (default)
   picks the smaller system, "primal" the (d+1) x (d+1) one. All solve the same problem (tested to
   agree to 1e-10); we use ``linalg.solve`` rather than an explicit inverse (better conditioned).
@@ -64,19 +64,15 @@ Deviations, and why (Config options; defaults are the code's):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from harness import Capabilities, DistilledSet
+from harness import Capabilities, Distiller, DistilledSet, Features
 
 from .ld_common import (
-    PAPER_OUTER_STEPS,
-    PAPER_VAL_EVERY_EPOCHS,
-    PAPER_VAL_FRACTION,
     PlateauReset,
     TargetBatches,
+    LabelDistillationConfig,
     ValidationSelect,
-    check_common,
-    check_int,
     check_positive,
     classification_error,
     minibatch,
@@ -96,23 +92,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
 RIDGE_FORMS = ("auto", "dual", "primal")
-
-
-def split_backbone(model: "nn.Module") -> tuple["nn.Module", int]:
-    """``(feature extractor, feature dim)``: an ``nn.Sequential`` without its final ``nn.Linear``.
-
-    The feature extractor shares its modules with ``model`` (a view, not a copy).
-    """
-    from torch import nn
-
-    if not isinstance(model, nn.Sequential) or len(model) < 2 or not isinstance(model[-1], nn.Linear):
-        raise TypeError(
-            f"ld-rr replaces the model's last layer by a ridge-regression classifier and needs an "
-            f"nn.Sequential whose last module is an nn.Linear (features = all modules before it); "
-            f"the architecture built a {type(model).__name__}"
-            + (f" ending in {type(model[-1]).__name__}" if isinstance(model, nn.Sequential) and len(model) else "")
-        )
-    return model[:-1], int(model[-1].in_features)
 
 
 def with_bias(features: "torch.Tensor") -> "torch.Tensor":
@@ -146,7 +125,7 @@ def ridge_solution(p: "torch.Tensor", y: "torch.Tensor", lam: float, form: str =
 class RRModel:
     """An RR model: backbone, its optimiser, the learned scale and its optimiser, the global classifier."""
 
-    features: "nn.Module"
+    features: Features
     params: list
     scale: "torch.Tensor"  # 0-dim leaf
     feat_opt: "torch.optim.Optimizer"
@@ -159,7 +138,8 @@ def fresh_rr_model(model: "nn.Module", cfg: Any, num_classes: int, device: Any, 
     Adam(scale_lr), global classifier zeros(d + 1, C) (lines 305-321, 666-680)."""
     import torch
 
-    features, dim = split_backbone(model.to(device).train())
+    features = Features(model.to(device).train())  # the classifier's input; the arch declares features=True
+    dim = features.dim
     # the scale is float32 as the code's AdjustLayer (torch.FloatTensor), whatever the data's dtype
     scale = torch.tensor(float(cfg.scale_init), device=device, requires_grad=True)
     params = [p for p in features.parameters() if p.requires_grad]
@@ -244,7 +224,7 @@ def fit_error_rr(task: Any, base_x: "torch.Tensor", base_batch: int, cfg: Any, v
     return fit
 
 
-class LDRR:
+class LDRR(Distiller):
     """Label distillation, first-order through a closed-form ridge-regression head (Bohdal et al. 2020).
 
     Algorithm, defaults (with their source in the code), test protocol and "Deviations, and why":
@@ -252,66 +232,40 @@ class LDRR:
     """
 
     name = "ld-rr"
-    capabilities = Capabilities(learns_labels=True, cross_dataset=True)
+    capabilities = Capabilities(learns_labels=True, cross_dataset=True, needs_features=True)
 
-    @dataclass
-    class Config:
-        outer_steps: int = PAPER_OUTER_STEPS
-        """Outer (label) steps; default the code's MNIST budget, 400 epochs x 49 batches = 19,600."""
-        label_lr: float = 1e-3
-        """Adam learning rate of the labels (the code: ``torch.optim.Adam([labels])``, default lr)."""
+    @dataclass(frozen=True)
+    class Config(LabelDistillationConfig):
+        """LD-RR's hyperparameters: the fields shared with LD
+        (:class:`~harness_distillers.ld_common.LabelDistillationConfig`, the code's defaults;
+        ``model_lr`` trains the backbone) and the ridge-regression head's."""
+
+        method: ClassVar[str] = "ld-rr"
         ridge_lambda: float = 1.0
         """L2 regulariser of the ridge regression (the code's ``l2_regularizer_lambda = 1.0``)."""
         ridge_form: str = "auto"
         """"dual" (Woodbury, b x b; the code's), "primal" ((d+1) x (d+1)) or "auto" (the smaller)."""
         ema_rate: float = 0.01
         """Global classifier W <- (1 - ema_rate) W + ema_rate W_local (the code: 0.99 / 0.01)."""
-        base_batch: int = 0
-        """Base minibatch size; 0 = the code's rule (half the base examples, within [10, 50]); <= n."""
-        target_batch: int = 1024
-        """Real target examples per outer step (code ``--batch_size 1024``); capped at the target rows."""
-        target_sampling: str = "epochs"
-        """"epochs" (the code's shuffled passes) or "random" (independent minibatches; a deviation)."""
-        model_lr: float = 1e-3
-        """Adam learning rate of the backbone (the code: ``Adam(model.parameters())``, default lr)."""
         scale_init: float = 1.0
         """Initial calibration scale (the code: ``AdjustLayer(init_scale=1)``)."""
         scale_lr: float = 0.01
         """Adam learning rate of the scale (the code: ``Adam(adjust.parameters(), 0.01)``)."""
-        reset_window: int = 0
-        """Model reset window and patience in steps; 0 = the code's rule (50; 200 for n > 100;
-        100 for more than 10 classes). See :class:`harness_distillers.ld_common.PlateauReset`."""
-        select_best: bool = True
-        """Keep the labels with the best validation error (the code) instead of the last ones."""
-        val_fraction: float = PAPER_VAL_FRACTION
-        """Held-out fraction of the TRAINING set for validation (the code's MNIST ratio, 1/6)."""
-        val_every_epochs: int = PAPER_VAL_EVERY_EPOCHS
-        """Validate after every this many epochs over the target rows (the code: 5)."""
-        model_init: str = "default"
-        """Init of every backbone LD-RR builds (``harness.init``): the code uses PyTorch's default."""
-        cross_balanced: bool = False
-        """Cross-dataset only: class-balanced base examples (True) or the code's random draw (False)."""
 
         def __post_init__(self) -> None:
-            where = "ld-rr"
-            check_int(where, "outer_steps", self.outer_steps, 1)
-            check_positive(where, label_lr=self.label_lr, ridge_lambda=self.ridge_lambda,
-                           model_lr=self.model_lr, scale_init=self.scale_init, scale_lr=self.scale_lr)
+            super().__post_init__()
+            where = self.method
+            check_positive(where, ridge_lambda=self.ridge_lambda, scale_init=self.scale_init, scale_lr=self.scale_lr)
             if isinstance(self.ema_rate, bool) or not isinstance(self.ema_rate, (int, float)) or not 0 < self.ema_rate <= 1:
                 raise ValueError(f"{where}.ema_rate must be in (0, 1], got {self.ema_rate!r}")
             if self.ridge_form not in RIDGE_FORMS:
                 raise ValueError(f"{where}.ridge_form must be one of {RIDGE_FORMS}, got {self.ridge_form!r}")
-            check_int(where, "base_batch", self.base_batch, 0, " (0 = the paper's rule)")
-            check_int(where, "target_batch", self.target_batch, 1)
-            check_int(where, "reset_window", self.reset_window, 0, " (0 = the paper's rule)")
-            check_common(where, self)
 
     def distill(self, task: Any) -> DistilledSet:
         import torch
 
         cfg = task.config
         first = task.make_model()
-        split_backbone(first)  # fail before any compute if the architecture cannot be split
         base = select_base(task, cfg.cross_balanced)  # first draw from task.generator: LD's examples for the seed
         split = split_validation(task, base, cfg.val_fraction, cfg.select_best)
         n, num_classes, device = task.n, task.num_classes, task.device

@@ -84,14 +84,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from harness import Capabilities, DistilledSet, TrialError, check_init_scheme, unroll_gd
+from harness import Capabilities, Distiller, DistilledSet, TrialError, check_init_scheme, unroll_gd
 
 from .checks import check_choice, check_int, check_positive
 
 # -- hyperparameters -------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class UnrolledGDConfig:
     """Hyperparameters shared by DD and SLDD: defaults of the Dataset Distillation code
     (Wang et al. 2018, ``base_options.py``), which the SLDD fork keeps unchanged.
@@ -149,7 +149,7 @@ class UnrolledGDConfig:
             isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in betas
         ):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        self.betas = (float(betas[0]), float(betas[1]))
+        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))  # frozen: normalise once
         if isinstance(self.decay_factor, bool) or not isinstance(self.decay_factor, (int, float)) \
                 or not 0.0 < self.decay_factor <= 1.0:
             raise ValueError(f"decay_factor must be in (0, 1], got {self.decay_factor!r}")
@@ -289,26 +289,28 @@ class Synthetic:
 # -- the distiller ---------------------------------------------------------------------------------
 
 
-class SLDD:
+class SLDD(Distiller):
     """Soft-label dataset distillation: synthetic inputs, soft labels and step sizes through unrolled GD."""
 
     name = "sldd"
     capabilities = Capabilities(learns_inputs=True, learns_labels=True, learns_lr=True,
                                 fewer_than_classes=True, known_init=True)
 
-    @staticmethod
-    def carries_init(config) -> bool:
+    @classmethod
+    def carries_init(cls, config) -> bool:
         """Only a set distilled for one fixed init ("known init") carries that init."""
         return config.init == "fixed"
 
-    @staticmethod
-    def check_trial(config, n: int, num_classes: int) -> None:
+    @classmethod
+    def check_trial(cls, config, spec) -> None:
         """Before compute (grid validation): the n examples must split into ``steps`` equal batches."""
+        super().check_trial(config, spec)
+        n = spec.n
         if n < config.steps or n % config.steps:
             raise ValueError(f"n={n} synthetic examples cannot be cut into steps={config.steps} equal batches; "
                              f"set steps to a divisor of n (the SLDD paper's 10- and 5-image runs use steps=1)")
 
-    @dataclass
+    @dataclass(frozen=True)
     class Config(UnrolledGDConfig):
         """SLDD hyperparameters: the Dataset Distillation code's defaults (see
         :class:`UnrolledGDConfig`) plus the soft labels of the SLDD fork.

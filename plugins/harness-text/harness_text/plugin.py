@@ -29,8 +29,10 @@ def register_datasets(register):
 @hookimpl
 def register_architectures(register):
     register(ArchitectureSpec("textcnn", ("text",), archs.build_textcnn,
-                              "Kim 2014 CNN: conv widths 3/4/5 x 100 filters, ReLU, max over time, dropout 0.5"))
+                              "Kim 2014 CNN: conv widths 3/4/5 x 100 filters, ReLU, max over time, dropout 0.5",
+                              features=True))
     register(ArchitectureSpec("bilstm", ("text",), archs.build_bilstm,
-                              "bidirectional LSTM (128 per direction), outputs max-pooled over time, linear"))
+                              "bidirectional LSTM (128 per direction), outputs max-pooled over time, linear",
+                              features=True))
     register(ArchitectureSpec("rnn", ("text",), archs.build_rnn,
-                              "GRU (128), last hidden state, linear"))
+                              "GRU (128), last hidden state, linear", features=True))

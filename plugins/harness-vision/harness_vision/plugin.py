@@ -32,16 +32,17 @@ def register_datasets(register):
 @hookimpl
 def register_architectures(register):
     register(ArchitectureSpec("mlp", ("image", "text"), archs.build_mlp,
-                              "DC's MLP: flatten -> 128 -> 128 -> classes, ReLU"))
+                              "DC's MLP: flatten -> 128 -> 128 -> classes, ReLU", features=True))
     register(ArchitectureSpec("convnet", ("image",), archs.build_convnet,
-                              "DC's ConvNet-3: [conv3x3 -> instance norm -> ReLU -> avgpool] x3, width 128"))
+                              "DC's ConvNet-3: [conv3x3 -> instance norm -> ReLU -> avgpool] x3, width 128", features=True))
     register(ArchitectureSpec("lenet", ("image",), archs.build_lenet,
-                              "LeNet of the DD/SLDD code (28 or 32 px, 1 or 3 channels)"))
+                              "LeNet of the DD/SLDD code (28 or 32 px, 1 or 3 channels)", features=True))
     for name, build, description in IMAGE_ARCHITECTURES:
-        register(ArchitectureSpec(name, ("image",), build, description))
+        register(ArchitectureSpec(name, ("image",), build, description, features=True))
 
 
 # The DC / DD architectures beyond the baseline three (parameter counts: harness_vision/archs.py).
+# Every architecture here ends in its linear classifier, so all declare penultimate features.
 IMAGE_ARCHITECTURES = (
     ("convnet-d1", archs.build_convnet_d1, "DC's ConvNetD1: convnet with 1 conv block"),
     ("convnet-d2", archs.build_convnet_d2, "DC's ConvNetD2: convnet with 2 conv blocks"),
