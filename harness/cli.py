@@ -131,7 +131,7 @@ def ls_command(kind, pattern) -> None:
         if kind == "datasets":
             extra = f" [{item.modality}, {item.num_classes} classes, {'x'.join(map(str, item.input_shape))}]"
         elif kind in ("archs", "architectures"):
-            extra = f" [{'/'.join(item.modalities)}]"
+            extra = f" [{'/'.join(item.modalities)}{'; features' if item.features else ''}]"
         elif kind == "distillers":
             caps = [k for k, v in vars(capabilities_of(item)).items() if v]
             extra = f" [{', '.join(caps)}]" if caps else ""
