@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,70 @@ class BenchOutcome:
         return self.failed == 0
 
 
+class Driver:
+    """The driver side of running trials: each trial's run is created when the trial starts
+    (RUNNING, params logged, claimed against other drivers), its curves are streamed while it runs,
+    and it always ends FINISHED, FAILED or KILLED (see :mod:`harness.lifecycle`)."""
+
+    def __init__(self, tracker: Any, experiment_id: str, parent_id: str, cfg_fields: list[str], ctx: Any,
+                 heartbeat: Any, count_finished: bool):
+        self.tracker, self.exp_id, self.parent_id = tracker, experiment_id, parent_id
+        self.cfg_fields, self.ctx, self.heartbeat = cfg_fields, ctx, heartbeat
+        self.count_finished = count_finished
+
+    def run(self, bound: Any) -> Any:
+        """Start, claim and run one trial (in this process); the result carries its run id."""
+        from .lifecycle import CurveStream
+        from .runner import SKIPPED, TrialResult, run_trial
+
+        trial = bound.trial
+        run_id = self.tracker.start_trial(self.exp_id, self.parent_id, trial, self.cfg_fields)
+        try:
+            taken = self.tracker.claim(self.exp_id, trial.key, run_id, self.count_finished)
+        except BaseException:
+            self._end(run_id, "KILLED")
+            raise
+        if taken:
+            return TrialResult(trial, SKIPPED, error=f"{taken} by another driver")
+        self.heartbeat.hold(run_id)
+        stream = CurveStream(lambda points: self.tracker.log_points(run_id, points))
+        self.ctx.stream = stream.add
+        try:
+            result = run_trial(bound, self.ctx)
+        except BaseException:  # Ctrl-C, SIGTERM: the run ends KILLED, never left RUNNING
+            self.heartbeat.release(run_id)
+            self._end(run_id, "KILLED")
+            raise
+        finally:
+            self.ctx.stream = None
+        stream.flush()
+        result.run_id, result.curves_sent = run_id, stream.sent
+        return result
+
+    def finish(self, result: Any) -> None:
+        """Log a finished trial into its run and end it; its temporary files go."""
+        try:
+            if result.run_id is None:
+                self.tracker.log_trial(self.exp_id, self.parent_id, result, self.cfg_fields)
+            else:
+                try:
+                    self.tracker.finish_trial(result.run_id, result, result.curves_sent)
+                except BaseException:
+                    self._end(result.run_id, "KILLED")  # interrupted or failed while logging
+                    raise
+        finally:
+            if result.run_id is not None:
+                self.heartbeat.release(result.run_id)
+            if result.artifacts_dir:
+                shutil.rmtree(result.artifacts_dir, ignore_errors=True)
+
+    def _end(self, run_id: str, status: str) -> None:
+        try:
+            self.tracker.end_run(run_id, status)
+        except Exception:  # the store is gone: the next bench reaps the run (heartbeat stops)
+            pass
+
+
 def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data_dir: Path | None = None,
               device: str | None = None, resume: bool = True, console: Any = None) -> BenchOutcome:
     """Run every trial of ``grid`` not already finished in its MLflow experiment."""
@@ -34,10 +99,11 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
 
     from . import __version__
     from .data import device_name
+    from .lifecycle import Heartbeat
     from .plan import prepare
     from .progress import BenchProgress
     from .report import leaderboard, runs_frame, to_markdown
-    from .runner import TrialContext, run_trial
+    from .runner import SKIPPED, TrialContext
     from .tracking import TRIAL_KEY, Tracker
 
     console = console or Console(stderr=False)
@@ -46,6 +112,9 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
 
     tracker = Tracker(tracking_uri)
     exp_id = tracker.experiment_id(grid.name)
+    reaped = tracker.reap(exp_id)  # runs left RUNNING by a driver that died
+    if reaped:
+        console.print(f"marked {reaped} run(s) KILLED whose driver had died", highlight=False)
     done = tracker.finished_keys(exp_id) if resume else set()
     todo = [b for b in plan.trials if b.trial.key not in done]
     skipped = len(grid.trials) - len(todo)
@@ -55,38 +124,44 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
     parent = tracker.start_bench(
         exp_id, run_name=f"bench/{grid.name}",
         params={"grid": grid.source, "trials": len(grid.trials), "seeds": grid.seeds, "device": str(dev),
-                "executor": grid.executor},
+                "executor": grid.executor, "trial_timeout": grid.trial_timeout or "none"},
         tags={"harness_version": __version__, "torch_version": torch.__version__, "device": device_name(dev),
               "command": " ".join(sys.argv)},
     )
     cfg_fields = sorted({k for t in grid.trials for k, _ in t.config})
-    passed = failed = 0
+    passed = failed = claimed = 0
     status = "FAILED"
-    try:
-        executor = plugins.executors.get(grid.executor)()
-        with BenchProgress(console, len(todo), skipped) as progress:
-            ctx = TrialContext(data, dev, progress)
-            for result in executor.run(todo, lambda bound: run_trial(bound, ctx)):
-                tracker.log_trial(exp_id, parent, result, cfg_fields)
-                passed += result.passed
-                failed += not result.passed
-        status = "FINISHED" if failed == 0 else "FAILED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        board, markdown = None, ""
+    with Heartbeat(tracker.beat) as heartbeat:
+        heartbeat.hold(parent)
         try:
-            frame = runs_frame(tracker, grid.name)
-            keys = {t.key for t in grid.trials}
-            if len(frame):
-                frame = frame[frame[TRIAL_KEY].isin(keys)]
-            board = leaderboard(frame) if len(frame) else None
-            if board is not None:
-                markdown = to_markdown(board, f"Leaderboard: {grid.name}", f"harness report --experiment {grid.name}")
-        except HarnessError:
-            pass
-        tracker.end_bench(parent, board, markdown, status,
-                          {"trials_passed": passed, "trials_failed": failed, "trials_skipped": skipped})
-    return BenchOutcome(grid.name, passed, failed, skipped, board, parent, tracker.uri)
-
+            executor = plugins.executors.get(grid.executor)()
+            with BenchProgress(console, len(todo), skipped) as progress:
+                ctx = TrialContext(data, dev, progress, timeout=grid.trial_timeout)
+                driver = Driver(tracker, exp_id, parent, cfg_fields, ctx, heartbeat, count_finished=resume)
+                for result in executor.run(todo, driver.run):
+                    if result.status == SKIPPED:
+                        claimed += 1
+                        console.print(f"{result.trial.label}: skipped, {result.error}", highlight=False)
+                        continue
+                    driver.finish(result)
+                    passed += result.passed
+                    failed += not result.passed
+            status = "FINISHED" if failed == 0 else "FAILED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            board, markdown = None, ""
+            try:
+                frame = runs_frame(tracker, grid.name)
+                keys = {t.key for t in grid.trials}
+                if len(frame):
+                    frame = frame[frame[TRIAL_KEY].isin(keys)]
+                board = leaderboard(frame) if len(frame) else None
+                if board is not None:
+                    markdown = to_markdown(board, f"Leaderboard: {grid.name}", f"harness report --experiment {grid.name}")
+            except HarnessError:
+                pass
+            tracker.end_bench(parent, board, markdown, status,
+                              {"trials_passed": passed, "trials_failed": failed, "trials_skipped": skipped + claimed})
+    return BenchOutcome(grid.name, passed, failed, skipped + claimed, board, parent, tracker.uri)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -65,8 +67,12 @@ def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume) ->
     if device:
         check_device(device, "--device")
     console = Console()
-    outcome = run_bench(grid, plugins, tracking_uri=tracking_uri, data_dir=data_dir, device=device,
-                        resume=resume, console=console)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends runs KILLED, as Ctrl-C does
+    try:
+        outcome = run_bench(grid, plugins, tracking_uri=tracking_uri, data_dir=data_dir, device=device,
+                            resume=resume, console=console)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if outcome.board is not None and len(outcome.board):
         _print_board(console, outcome.board, f"Leaderboard: {outcome.experiment}")
     console.print(f"{outcome.passed} passed, {outcome.failed} failed, {outcome.skipped} skipped (already finished). "
@@ -154,6 +160,7 @@ def report(experiments, tracking_uri, out_dir, grid_file, overrides) -> None:
     """Leaderboards (mean ± std over seeds) printed and written to OUT/<experiment>.md and .csv."""
     from rich.console import Console
 
+    from .grid import check_experiment_name
     from .report import leaderboard, runs_frame, write_report
     from .tracking import Tracker
 
@@ -171,6 +178,12 @@ def report(experiments, tracking_uri, out_dir, grid_file, overrides) -> None:
         raise HarnessError(f"no experiments in {tracker.uri}; run `harness bench` first")
     console = Console()
     for name in names:
+        if not experiments:  # every experiment of the store: one another tool named oddly is passed over
+            try:
+                check_experiment_name(name)
+            except HarnessError as exc:
+                click.echo(f"experiment '{name}' skipped: {exc}", err=True)
+                continue
         frame = runs_frame(tracker, name, keys)
         if not len(frame):
             click.echo(f"experiment '{name}' has no trial runs yet", err=True)
@@ -197,6 +210,20 @@ def _print_board(console, board, title: str) -> None:
     console.print(table)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _interrupted_message() -> str:
+    """What Ctrl-C (or SIGTERM) prints: for bench, the command that resumes the grid."""
+    args = sys.argv[1:]
+    if args[:1] == ["bench"]:
+        resume = shlex.join(["harness", *(a for a in args if a != "--no-resume")])
+        return ("interrupted: finished trials are kept, the interrupted one is marked KILLED; "
+                f"resume with: {resume}")
+    return "interrupted"
+
+
 def main() -> None:
     try:
         _plugins(warn=False).add_commands(cli)
@@ -204,12 +231,12 @@ def main() -> None:
     except HarnessError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort:  # click turns KeyboardInterrupt inside a command into Abort
+        click.echo(_interrupted_message(), err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("interrupted: finished trials are saved; rerun the same command to resume", err=True)
+        click.echo(_interrupted_message(), err=True)
         sys.exit(130)

@@ -21,11 +21,20 @@ from .init import INIT_SCHEMES, distill_init
 from .specs import TrialSpec, capabilities_of, carries_init, check_trial
 from .trial import AUGMENTS, DEFAULT_LR, INITS, OPTIMIZERS, Recipe, Trial
 
-TOP_KEYS = {"name", "seeds", "device", "executor", "grid", "eval", "distillers"}
+TOP_KEYS = {"name", "seeds", "device", "executor", "trial_timeout", "grid", "eval", "distillers"}
 AXES = {"distiller", "dataset", "base_dataset", "arch", "ipc", "n"}
 EVAL_KEYS = {"archs", "optimizers", "models", "epochs", "lr", "batch_size", "init", "augment", "momentum", "weight_decay", "test_size",
              "model_init"}
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# experiment names become directory and file names (artifacts, reports): no separators, no ".."
+EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+
+
+def check_experiment_name(name: object, where: str = "name") -> str:
+    if not isinstance(name, str) or not EXPERIMENT_NAME.match(name) or ".." in name or len(name) > 200:
+        raise ConfigError(f"{where}: experiment name {name!r} is not usable as a file name; use letters, digits, "
+                          f"'.', '_', '-', '+', '=' (no '/', '\\', spaces or '..'), e.g. name = \"my-grid\"")
+    return name
 
 
 @dataclass
@@ -36,6 +45,7 @@ class Grid:
     executor: str
     trials: list[Trial]
     source: str = ""
+    trial_timeout: float | None = None  # seconds per trial (distill + evaluate); not part of trial keys
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -186,13 +196,16 @@ def build_grid(doc: dict, plugins: Any, default_name: str = "grid", source: str 
     """Validate a parsed grid document against the loaded plugins; return its trials."""
     where = source or "grid"
     _unknown_keys(where, doc, TOP_KEYS)
-    name = _scalar(f"{where}: name", doc.get("name", default_name), str)
-    if not name.strip():
-        raise ConfigError(f"{where}: name must not be empty")
+    name = check_experiment_name(_scalar(f"{where}: name", doc.get("name", default_name), str), f"{where}: name")
     seeds = _seeds(f"{where}: seeds", doc.get("seeds", [0]))
     device = check_device(doc.get("device", "auto"), f"{where}: device")
     executor = _scalar(f"{where}: executor", doc.get("executor", "inline"), str)
     plugins.executors.get(executor)
+    timeout = doc.get("trial_timeout")
+    if timeout is not None:
+        timeout = _scalar(f"{where}: trial_timeout", timeout, float)
+        if timeout <= 0:
+            raise ConfigError(f"{where}: trial_timeout must be > 0 seconds, got {timeout!r}; leave it out for no limit")
 
     eval_doc = _table(f"{where}: [eval]", doc.get("eval", {}))
     configs_doc = doc.get("distillers", {})
@@ -250,7 +263,8 @@ def build_grid(doc: dict, plugins: Any, default_name: str = "grid", source: str 
             trial = _make_trial(plugins, tw, d, ds, b, a, budget_key, budget, seed, configs, eval_archs,
                                 optimizers, lr, common)
             trials.setdefault(trial.key, trial)  # identical trials from overlapping tables run once
-    return Grid(name=name, seeds=seeds, device=device, executor=executor, trials=list(trials.values()), source=source)
+    return Grid(name=name, seeds=seeds, device=device, executor=executor, trials=list(trials.values()), source=source,
+                trial_timeout=timeout)
 
 
 def _seeds(where: str, value: Any) -> list[int]:

@@ -182,6 +182,9 @@ def _secs(v: Any) -> str:
 
 
 def write_report(board: Any, out_dir: str | Path, experiment: str, command: str) -> tuple[Path, Path]:
+    from .grid import check_experiment_name
+
+    check_experiment_name(experiment, "report")  # the file names stay under out_dir
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md, csv = out / f"{experiment}.md", out / f"{experiment}.csv"

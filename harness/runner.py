@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ from .errors import TrialError
 from .plan import BoundTrial
 from .trial import Recipe, Trial, derive_seed
 
-PASSED, FAILED = "passed", "failed"
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"  # skipped: claimed by another driver
 MAX_SAVED_EXAMPLES = 10_000  # larger sets (e.g. `full`) are reproducible from the data: not copied
 
 
@@ -36,20 +38,36 @@ class TrialResult:
     error: str = ""
     traceback: str = ""
     artifacts_dir: str | None = None
+    run_id: str | None = None  # the trial's MLflow run, when the driver created it as the trial started
+    curves_sent: int = 0  # how many of ``curves`` already reached that run (streamed)
 
     @property
     def passed(self) -> bool:
         return self.status == PASSED
 
 
+class TrialTimeout(TrialError):
+    """A trial ran past the grid's ``trial_timeout``."""
+
+
 class TrialContext:
     """What running trials needs besides the trial: the loaded data, the device, the progress
-    display and the random-baseline cache (shared across the trials of a grid)."""
+    display, the random-baseline cache (shared across the trials of a grid), the time limit per
+    trial (``timeout`` seconds, None for none) and where curve points go while a trial runs
+    (``stream(step, metrics)``, set by the driver)."""
 
-    def __init__(self, data: Any, device: Any, progress: Any = None):
+    def __init__(self, data: Any, device: Any, progress: Any = None, timeout: float | None = None):
         self.data, self.device = data, device
         self.progress = progress
+        self.timeout = timeout
+        self.stream: Any = None
         self.baselines: dict[tuple, Any] = {}
+        self.deadline: float | None = None
+
+    def check_time(self) -> None:
+        """Stop a trial past its limit (called at every logged step and every evaluated model)."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TrialTimeout(f"timeout: the trial ran past trial_timeout = {self.timeout:g} s")
 
 
 def run_trial(bound: BoundTrial, ctx: TrialContext) -> TrialResult:
@@ -64,6 +82,7 @@ def run_trial(bound: BoundTrial, ctx: TrialContext) -> TrialResult:
     progress = ctx.progress
     if progress:
         progress.trial_started(trial)
+    ctx.deadline = None if ctx.timeout is None else time.monotonic() + ctx.timeout
     try:
         dset, measure = _distill(bound, ctx, result)
         result.metrics["distill_seconds"] = measure.seconds
@@ -111,12 +130,16 @@ def _distill(bound: BoundTrial, ctx: TrialContext, result: TrialResult):
             return init_model(build(), scheme).to(ctx.device)
 
     def log(step: int, **metrics: float) -> None:
-        result.curves.append((int(step), {k: float(v) for k, v in metrics.items()}))
+        point = (int(step), {k: float(v) for k, v in metrics.items()})
+        result.curves.append(point)
+        if ctx.stream:
+            ctx.stream(*point)
         if ctx.progress:
             ctx.progress.step(step, metrics)
+        ctx.check_time()
 
     task = DistillTask(
-        x=x, y=y, num_classes=spec.num_classes, ipc=trial.ipc,
+        x=x, y=y, num_classes=spec.num_classes, ipc=trial.ipc, deadline=ctx.deadline,
         n=trial.n if trial.n is not None else len(x), make_model=make_model, config=config,
         device=ctx.device, generator=torch.Generator().manual_seed(derive_seed(trial.seed, "distill")),
         base=base, dataset=trial.dataset, base_dataset=trial.base_dataset if base is not None else "",
@@ -145,7 +168,11 @@ def _evaluate_all(bound: BoundTrial, ctx: TrialContext, dset: Any, result: Trial
     eval_seconds = 0.0
     if ctx.progress:
         ctx.progress.evaluating(trial, sum(r.models for r in trial.recipes))
-    on_model = (lambda k, acc: ctx.progress.model_done(acc)) if ctx.progress else None
+    def on_model(k: int, acc: float) -> None:
+        if ctx.progress:
+            ctx.progress.model_done(acc)
+        ctx.check_time()
+
     with Measure(ctx.device) as measure:
         for i, recipe in enumerate(trial.recipes):
             if recipe.optimizer == "ld-protocol" and not ld_protocol_applies(dset):
@@ -200,7 +227,7 @@ def _random_baseline(bound: BoundTrial, recipe: Recipe, ctx: TrialContext, dset:
     subset = random_subset(x, y, spec.num_classes, ipc, n, gen)
     subset.meta.update(protocol)
     ev = evaluate(subset, recipe, bound.builder(recipe.arch), ctx.data.test(trial.dataset, recipe.test_size),
-                  trial.seed, ctx.device, dset.init_state)
+                  trial.seed, ctx.device, dset.init_state, on_model=lambda k, acc: ctx.check_time())
     if recipe.init == "random":
         ctx.baselines[key] = ev
     return ev
@@ -211,10 +238,14 @@ def _write_artifacts(bound: BoundTrial, ctx: TrialContext, dset: Any) -> str:
 
     trial, spec = bound.trial, bound.dataset
     out = Path(tempfile.mkdtemp(prefix="harness-trial-"))
-    (out / "trial.json").write_text(json.dumps(
-        {"trial": trial.label, "key": trial.key, "params": trial.params(),
-         "recipes": [r.params("") for r in trial.recipes]}, indent=2, default=str))
-    if dset.n <= MAX_SAVED_EXAMPLES:
-        dset.save(out / "distilled.safetensors")
-    write_figures(dset, spec, out, ctx.data.ctx)
+    try:
+        (out / "trial.json").write_text(json.dumps(
+            {"trial": trial.label, "key": trial.key, "params": trial.params(),
+             "recipes": [r.params("") for r in trial.recipes]}, indent=2, default=str))
+        if dset.n <= MAX_SAVED_EXAMPLES:
+            dset.save(out / "distilled.safetensors")
+        write_figures(dset, spec, out, ctx.data.ctx)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # no temp directory outlives its trial
+        raise
     return str(out)

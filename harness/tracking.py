@@ -8,13 +8,15 @@ param and metric keys across children so MLflow's compare view lines them up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import time
+import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .errors import HarnessError
+from .lifecycle import HEARTBEAT, claim_order, driver_tags, is_dead, last_alive_ms, now_ms
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 RUN_KIND, TRIAL_KEY = "run_kind", "trial_key"
@@ -42,13 +44,48 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise the first use of a sqlite store across processes: MLflow creating (migrating) one
+    fresh store from two processes at once fails. Other stores need no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(uri[len("sqlite:///"):] + ".lock")
+    with open(lock, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class Tracker:
+    """The driver's MLflow client. Writes are serialised in-process (the heartbeat thread writes too)."""
+
     def __init__(self, uri: str | None = None):
         _quiet_mlflow()
         from mlflow.tracking import MlflowClient
 
         self.uri = resolve_tracking_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self._lock = threading.RLock()
+        with _store_lock(self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri)
+            if self.uri.startswith("sqlite:///"):
+                self._guard(lambda: self.client.search_experiments(max_results=1))  # creates/migrates the db now
+
+    def _guard(self, call: Any) -> Any:
+        """Run a store call; an unusable store becomes one HarnessError line naming it."""
+        try:
+            return call()
+        except HarnessError:
+            raise
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise HarnessError(f"cannot use MLflow tracking store {self.uri}: {type(exc).__name__}: {first}; "
+                               f"check --tracking-uri") from None
 
     def _artifact_root(self, name: str) -> str | None:
         if self.uri.startswith("sqlite:///"):
@@ -57,81 +94,156 @@ class Tracker:
         return None  # a tracking server decides where artifacts go
 
     def experiment_id(self, name: str, create: bool = True) -> str | None:
-        try:
+        def get_or_create() -> str | None:
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
                 if not create:
                     return None
-                return self.client.create_experiment(name, artifact_location=self._artifact_root(name))
+                try:
+                    return self.client.create_experiment(name, artifact_location=self._artifact_root(name))
+                except Exception:  # another driver created it between our lookup and our create
+                    exp = self.client.get_experiment_by_name(name)
+                    if exp is None:
+                        raise
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
-        except HarnessError:
-            raise
-        except Exception as exc:
-            raise HarnessError(f"cannot use MLflow tracking store {self.uri}: {type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''}; check --tracking-uri") from None
+
+        with _store_lock(self.uri):
+            return self._guard(get_or_create)
 
     # -- reading ---------------------------------------------------------------------------------
     def trial_runs(self, experiment_id: str) -> list[Any]:
         """Every trial child run of an experiment (all statuses), newest first."""
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs([experiment_id], filter_string=f"tags.{RUN_KIND} = 'trial'",
-                                           max_results=PAGE, order_by=["attributes.start_time DESC"],
-                                           page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return self._search(experiment_id, f"tags.{RUN_KIND} = 'trial'", ["attributes.start_time DESC"])
 
     def finished_keys(self, experiment_id: str) -> set[str]:
         return {r.data.tags.get(TRIAL_KEY) for r in self.trial_runs(experiment_id)
                 if r.info.status == "FINISHED"} - {None}
 
-    # -- writing ---------------------------------------------------------------------------------
+    def _search(self, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list[Any]:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([experiment_id], filter_string=filter_string, max_results=PAGE,
+                                           order_by=order_by, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    # -- the run lifecycle (harness.lifecycle) ----------------------------------------------------
+    def reap(self, experiment_id: str) -> int:
+        """Mark KILLED every RUNNING run of the experiment whose driver is dead (kill -9, power loss),
+        ended at its last heartbeat. Returns how many."""
+        dead = [r for r in self._search(experiment_id, "attributes.status = 'RUNNING'") if is_dead(r)]
+        with self._lock:
+            for run in dead:
+                self.client.set_terminated(run.info.run_id, "KILLED", end_time=last_alive_ms(run))
+        return len(dead)
+
+    def beat(self, run_ids: Iterable[str]) -> None:
+        """Refresh the heartbeat of runs this driver holds open (called by the heartbeat thread)."""
+        stamp = str(now_ms())
+        with self._lock:
+            for run_id in run_ids:
+                self.client.set_tag(run_id, HEARTBEAT, stamp)
+
     def start_bench(self, experiment_id: str, run_name: str, params: dict, tags: dict) -> str:
-        run = self.client.create_run(experiment_id, run_name=run_name, tags={RUN_KIND: "bench", **tags})
-        self._log(run.info.run_id, params=params)
+        with self._lock:
+            run = self.client.create_run(experiment_id, run_name=run_name,
+                                         tags={RUN_KIND: "bench", **driver_tags(), **tags})
+            self._log(run.info.run_id, params=params)
         return run.info.run_id
 
-    def log_trial(self, experiment_id: str, parent_id: str, result: Any, cfg_fields: Iterable[str] = ()) -> str:
-        """Log one trial as a child run. ``cfg_fields``: every Config field in the grid; fields
-        this distiller lacks are logged as "-" so all children share the same param keys."""
+    def start_trial(self, experiment_id: str, parent_id: str, trial: Any, cfg_fields: Iterable[str] = ()) -> str:
+        """The trial's child run, created when the trial starts: RUNNING, its params logged, owned by
+        this driver. ``cfg_fields``: every Config field in the grid; fields this distiller lacks are
+        logged as "-" so all children share the same param keys."""
+        tags = {RUN_KIND: "trial", TRIAL_KEY: trial.key, "mlflow.parentRunId": parent_id, **driver_tags(),
+                **{f"version.{d}": v for d, v in trial.versions}}
+        params = {f"cfg.{k}": "-" for k in cfg_fields}
+        params.update(trial.params())
+        with self._lock:
+            run_id = self.client.create_run(experiment_id, run_name=trial.label, tags=tags).info.run_id
+            self._log(run_id, params=params)
+        return run_id
+
+    def claim(self, experiment_id: str, key: str, run_id: str, count_finished: bool = True) -> str | None:
+        """Whether the trial ``key`` is this driver's to run with its new run ``run_id``: None if so,
+        else why not ("finished" by then, unless ``count_finished`` is off (``--no-resume``), or
+        "running" in an older live run) after deleting ``run_id``. Dead holders are reaped."""
+        others = [r for r in self._search(experiment_id, f"tags.{TRIAL_KEY} = '{key}'") if r.info.run_id != run_id]
+        mine = self.client.get_run(run_id)
+        reason = None
+        for run in others:
+            if run.info.status == "FINISHED" and count_finished:
+                reason = "finished"
+            elif run.info.status == "RUNNING":
+                if is_dead(run):
+                    with self._lock:
+                        self.client.set_terminated(run.info.run_id, "KILLED", end_time=last_alive_ms(run))
+                elif claim_order(run) < claim_order(mine) and reason is None:
+                    reason = "running"
+        if reason:
+            with self._lock:
+                self.client.delete_run(run_id)
+        return reason
+
+    def log_points(self, run_id: str, points: list[tuple[int, dict[str, float]]]) -> None:
+        """Curve points of a running trial (``distill/<metric>`` by step), streamed while it runs."""
         from mlflow.entities import Metric
 
-        trial = result.trial
-        tags = {RUN_KIND: "trial", TRIAL_KEY: trial.key, "mlflow.parentRunId": parent_id,
-                "status": result.status, **{f"version.{d}": v for d, v in trial.versions}, **result.tags}
-        if result.error:
-            tags["error"] = result.error[:5000]
-        run_id = self.client.create_run(experiment_id, run_name=trial.label, tags=tags).info.run_id
-        now = int(time.time() * 1000)
+        now = now_ms()
+        with self._lock:
+            self._log(run_id, metrics=[Metric(f"distill/{k}", float(v), now, int(step))
+                                       for step, values in points for k, v in values.items()])
+
+    def finish_trial(self, run_id: str, result: Any, curves_sent: int = 0) -> None:
+        """Everything a finished trial produced, then FINISHED or FAILED with the real end time.
+        ``curves_sent``: how many of ``result.curves`` were already streamed."""
+        from mlflow.entities import Metric
+
+        now = now_ms()
         metrics = [Metric(k, float(v), now, 0) for k, v in result.metrics.items()]
         for label, accs in result.per_model.items():
             metrics += [Metric(f"acc_model/{label}", float(a), now, k) for k, a in enumerate(accs)]
-        for step, values in result.curves:
-            metrics += [Metric(f"distill/{k}", v, now, step) for k, v in values.items()]
-        params = {f"cfg.{k}": "-" for k in cfg_fields}
-        params.update(trial.params())
-        self._log(run_id, params=params, metrics=metrics)
-        if result.artifacts_dir:
-            self.client.log_artifacts(run_id, result.artifacts_dir)
-        if result.traceback:
-            self.client.log_text(run_id, result.traceback, "error.txt")
-        self.client.set_terminated(run_id, "FINISHED" if result.passed else "FAILED")
+        for step, values in result.curves[curves_sent:]:
+            metrics += [Metric(f"distill/{k}", float(v), now, int(step)) for k, v in values.items()]
+        tags = {"status": result.status, **result.tags}
+        if result.error:
+            tags["error"] = result.error[:5000]
+        with self._lock:
+            for k, v in tags.items():
+                self.client.set_tag(run_id, k, v)
+            self._log(run_id, metrics=metrics)
+            if result.artifacts_dir:
+                self.client.log_artifacts(run_id, result.artifacts_dir)
+            if result.traceback:
+                self.client.log_text(run_id, result.traceback, "error.txt")
+            self.client.set_terminated(run_id, "FINISHED" if result.passed else "FAILED")
+
+    def end_run(self, run_id: str, status: str) -> None:
+        """End a run without results (KILLED on interruption, FAILED when logging broke)."""
+        with self._lock:
+            self.client.set_terminated(run_id, status)
+
+    def log_trial(self, experiment_id: str, parent_id: str, result: Any, cfg_fields: Iterable[str] = ()) -> str:
+        """Log a whole finished trial at once (a trial run elsewhere, without streaming)."""
+        run_id = self.start_trial(experiment_id, parent_id, result.trial, cfg_fields)
+        self.finish_trial(run_id, result)
         return run_id
 
     def end_bench(self, run_id: str, table: Any, markdown: str, status: str, metrics: dict) -> None:
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        self._log(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-        if table is not None and len(table):
-            self.client.log_table(run_id, data=table, artifact_file="summary.json")
-        if markdown:
-            self.client.log_text(run_id, markdown, "summary.md")
-        self.client.set_terminated(run_id, status)
+        now = now_ms()
+        with self._lock:
+            self._log(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+            if table is not None and len(table):
+                self.client.log_table(run_id, data=table, artifact_file="summary.json")
+            if markdown:
+                self.client.log_text(run_id, markdown, "summary.md")
+            self.client.set_terminated(run_id, status)
 
     def _log(self, run_id: str, params: dict | None = None, metrics: Iterable | None = None) -> None:
         """Batched logging, chunked to MLflow's per-request limits."""

@@ -42,6 +42,18 @@ def tiny_plugins():
     return load_plugins(extra=[(plugins_for_tests, "tests", "tests-plugins")])
 
 
+@pytest.fixture
+def tests_plugin_env(tmp_path) -> dict[str, str]:
+    """Environment for a ``python -m harness`` subprocess that discovers tests/plugins_for_tests.py
+    through a real entry point (an installed-looking ``faulty-plugins`` distribution)."""
+    site = tmp_path / "site"
+    info = site / "faulty_plugins-0.0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: faulty-plugins\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text("[harness]\nfaulty = plugins_for_tests\n")
+    return {"PYTHONPATH": os.pathsep.join([str(site), str(Path(__file__).parent)])}
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
     """No test writes to the repo's results/ or reads a user's MLflow settings."""

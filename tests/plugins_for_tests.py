@@ -72,6 +72,33 @@ class ClassMeans:
         return DistilledSet(torch.cat(xs), y, lrs=torch.full((cfg.steps,), cfg.lr), init_state=init)
 
 
+class Sleeper:
+    """Logs one step every ``seconds`` for ``steps`` steps, then returns class means: a trial that
+    takes as long as a test needs (run lifecycle, time limits, concurrent drivers)."""
+
+    name = "sleeper"
+
+    @dataclass
+    class Config:
+        steps: int = 20
+        seconds: float = 0.05
+
+    def distill(self, task):
+        import time
+
+        import torch
+
+        cfg = task.config
+        task.expect_steps(cfg.steps)
+        for step in range(cfg.steps):
+            time.sleep(cfg.seconds)
+            task.log(step, loss=1.0 / (step + 1))
+        xs = [task.x[task.y == c].mean(0, keepdim=True).repeat(task.ipc, *[1] * (task.x.dim() - 1))
+              for c in range(task.num_classes)]
+        y = torch.nn.functional.one_hot(torch.arange(task.num_classes).repeat_interleave(task.ipc), task.num_classes)
+        return DistilledSet(torch.cat(xs), y.float())
+
+
 @hookimpl
 def register_datasets(register):
     register(tiny_dataset())
@@ -110,3 +137,4 @@ def register_distillers(register):
     register(Crashes)
     register(ProducesNaN)
     register(ClassMeans)
+    register(Sleeper)

@@ -305,18 +305,12 @@ def test_cli_default_store_is_sqlite_under_results(tmp_path, mlflow_template):
     assert len(tracker.trial_runs(tracker.experiment_id("dflt", create=False))) == 1
 
 
-def test_cli_exit_code_is_1_when_a_trial_fails(tmp_path, tracking_uri):
+def test_cli_exit_code_is_1_when_a_trial_fails(tmp_path, tracking_uri, tests_plugin_env):
     """A faulty third-party distiller (exposed through a real entry point) fails; the grid finishes."""
-    site = tmp_path / "site"
-    info = site / "faulty_plugins-0.0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: faulty-plugins\nVersion: 0.0.1\n")
-    (info / "entry_points.txt").write_text("[harness]\nfaulty = plugins_for_tests\n")
     grid = tmp_path / "g.toml"
     grid.write_text('name = "faulty"\n[[grid]]\ndistiller = ["crashes", "random"]\ndataset = ["tiny"]\n'
                     'arch = ["tiny-mlp"]\nipc = [1]\n[eval]\nepochs = 1\nmodels = 1\n')
-    env = {"PYTHONPATH": os.pathsep.join([str(site), str(Path(__file__).parent)])}
-    res = harness_cli("bench", str(grid), "--tracking-uri", tracking_uri, cwd=tmp_path, env=env)
+    res = harness_cli("bench", str(grid), "--tracking-uri", tracking_uri, cwd=tmp_path, env=tests_plugin_env)
     assert res.returncode == 1, res.stderr + res.stdout
     assert "1 passed, 1 failed" in res.stdout
     assert "FAILED RuntimeError: deliberate failure for tests" in res.stdout

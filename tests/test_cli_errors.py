@@ -56,6 +56,7 @@ def assert_one_error_line(proc: subprocess.CompletedProcess, *fragments: str) ->
     (GOOD.replace("epochs = 1", "epochs = true"), [], ["eval.epochs: expected int, got True (bool)"]),
     (GOOD.replace('arch = ["mlp"]', 'arch = ["convnt"]'), [], ["unknown architecture 'convnt'; did you mean 'convnet'?"]),
     (GOOD.replace("seeds = [0]", 'device = "tpu"'), [], ["device: unknown device 'tpu'; use auto, cpu, cuda or cuda:N"]),
+    (GOOD.replace('name = "cli-test"', 'name = "../escape"'), [], ["experiment name '../escape' is not usable as a file name"]),
     (GOOD, ["--set", "eval.epochs"], ["--set 'eval.epochs': expected section.key=value, e.g. --set eval.epochs=10"]),
     (GOOD, ["--set", "eval.epochs=abc"], ["eval.epochs: expected int, got 'abc' (str)"]),
     (GOOD.replace("ipc = [1]", "ipc = [1]\nn = [5]"), [], ["give either ipc (per class) or n (total), not both"]),

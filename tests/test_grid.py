@@ -134,7 +134,7 @@ def test_n_fewer_than_classes(tiny_plugins):
 @pytest.mark.parametrize("doc, message", [
     (grid_doc(seed=[0]), r"^grid: unknown key 'seed'; did you mean 'seeds'\?$"),
     (grid_doc(evals={}), r"^grid: unknown key 'evals'; did you mean 'eval'\?$"),
-    (grid_doc(zzz=1), r"^grid: unknown key 'zzz' \(allowed: device, distillers, eval, executor, grid, name, seeds\)$"),
+    (grid_doc(zzz=1), r"^grid: unknown key 'zzz' \(allowed: device, distillers, eval, executor, grid, name, seeds, trial_timeout\)$"),
     (grid_doc(eval={"epoch": 3}), r"^grid: \[eval\]: unknown key 'epoch'; did you mean 'epochs'\?$"),
     (grid_doc(eval={"optimizer": ["sgd"]}), r"did you mean 'optimizers'\?"),
     (grid_doc({"archs": ["mlp"]}), r"^grid: \[\[grid\]\] #1: unknown key 'archs'; did you mean 'arch'\?$"),
@@ -163,7 +163,7 @@ def test_unknown_keys(tiny_plugins, doc, message):
     (grid_doc({"distiller": [1]}), r"\[\[grid\]\] #1: distiller: expected str, got 1 \(int\)"),
     (grid_doc({"arch": None}), r"\[\[grid\]\] #1: missing 'arch'"),
     (grid_doc(name=3), r"name: expected str, got 3 \(int\)"),
-    (grid_doc(name="  "), r"name must not be empty"),
+    (grid_doc(name="  "), r"experiment name '  ' is not usable as a file name"),
     (grid_doc(executor=["inline"]), r"executor: expected str"),
     ({"name": "x"}, r"needs at least one \[\[grid\]\] table"),
     ({"grid": {"distiller": "random"}}, r"needs at least one \[\[grid\]\] table"),

@@ -1,0 +1,137 @@
+"""The life of MLflow runs while a driver works: who owns a run, proof that its owner is alive, and
+what happens to runs whose owner died.
+
+Every run a driver creates carries ``driver.host``, ``driver.pid`` and a ``heartbeat`` tag (ms since
+the epoch) that a background thread refreshes every :data:`HEARTBEAT_SECONDS`. A RUNNING run is
+**dead** when its driver ran on this host and that process is gone, or when its heartbeat is older
+than :data:`STALE_SECONDS` (another host, or a frozen process). ``harness bench`` marks dead runs
+KILLED with their last heartbeat as end time before it starts, so nothing stays RUNNING forever and
+reports never count them.
+
+A trial is **claimed** by the oldest live RUNNING run with its key: a driver creates its run first,
+then looks; if an older live run holds the key (or a FINISHED one exists), it deletes its own run
+and skips the trial. Two drivers on one store therefore never run a trial twice.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+HOST, PID, HEARTBEAT = "driver.host", "driver.pid", "heartbeat"
+HEARTBEAT_SECONDS = 30.0
+STALE_SECONDS = 15 * 60.0  # generous: a loaded machine may delay a heartbeat by minutes
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def driver_tags() -> dict[str, str]:
+    """The tags that say which process owns a run, with a fresh heartbeat."""
+    return {HOST: socket.gethostname(), PID: str(os.getpid()), HEARTBEAT: str(now_ms())}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def is_dead(run: Any, now: int | None = None) -> bool:
+    """Whether a RUNNING run's driver is gone (see the module docstring)."""
+    tags = run.data.tags
+    now = now_ms() if now is None else now
+    beat = int(tags.get(HEARTBEAT) or run.info.start_time or 0)
+    if tags.get(HOST) == socket.gethostname() and tags.get(PID, "").isdigit():
+        pid = int(tags[PID])
+        if pid == os.getpid():
+            return False
+        if not _pid_alive(pid):
+            return True
+    return now - beat > STALE_SECONDS * 1000
+
+
+def last_alive_ms(run: Any) -> int:
+    """When a dead run was last known alive: its heartbeat, else its start."""
+    return int(run.data.tags.get(HEARTBEAT) or run.info.start_time or now_ms())
+
+
+def claim_order(run: Any) -> tuple[int, str]:
+    """Older claims win; the run id breaks ties the same way for every driver."""
+    return (int(run.info.start_time or 0), run.info.run_id)
+
+
+class Heartbeat:
+    """A daemon thread that refreshes the ``heartbeat`` tag of the runs this driver holds open."""
+
+    def __init__(self, beat: Callable[[list[str]], None], every: float = HEARTBEAT_SECONDS):
+        self._beat, self._every = beat, every
+        self._runs: dict[str, None] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="harness-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self._every + 5)
+
+    def hold(self, run_id: str) -> None:
+        with self._lock:
+            self._runs[run_id] = None
+
+    def release(self, run_id: str) -> None:
+        with self._lock:
+            self._runs.pop(run_id, None)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every):
+            with self._lock:
+                runs = list(self._runs)
+            if runs:
+                try:
+                    self._beat(runs)
+                except Exception:  # a missed beat is not fatal; the next one may get through
+                    pass
+
+
+class CurveStream:
+    """Buffers a running trial's curve points and sends them to its run in batches (every
+    ``every`` seconds or ``max_points`` points), so the UI shows a long distillation as it goes.
+    A failed send keeps the points for the next try; ``sent`` counts what reached the store."""
+
+    def __init__(self, send: Callable[[list[tuple[int, dict[str, float]]]], None], every: float = 10.0,
+                 max_points: int = 2000):
+        self._send, self._every, self._max = send, every, max_points
+        self._buffer: list[tuple[int, dict[str, float]]] = []
+        self._last = time.monotonic()
+        self.sent = 0
+        self.failures = 0
+
+    def add(self, step: int, metrics: dict[str, float]) -> None:
+        self._buffer.append((step, metrics))
+        if len(self._buffer) >= self._max or time.monotonic() - self._last >= self._every:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last = time.monotonic()
+        if not self._buffer:
+            return
+        try:
+            self._send(self._buffer)
+        except Exception:
+            self.failures += 1
+            return
+        self.sent += len(self._buffer)
+        self._buffer = []

@@ -1,0 +1,242 @@
+"""Nothing lost, nothing stuck: real driver processes interrupted, killed and racing on real stores.
+
+Every wait is on a condition with a generous deadline, never a fixed sleep, so a loaded machine
+only makes these tests slower.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from harness.lifecycle import HEARTBEAT, HOST, PID, STALE_SECONDS, CurveStream, Heartbeat, is_dead, now_ms
+from harness.tracking import Tracker
+
+GRID = """\
+name = "life"
+device = "cpu"
+{extra}
+[[grid]]
+distiller = ["sleeper"]
+dataset = ["tiny"]
+arch = ["tiny-mlp"]
+ipc = [1]
+seeds = {seeds}
+
+[eval]
+epochs = 1
+models = 1
+
+[distillers.sleeper]
+steps = {steps}
+seconds = {seconds}
+"""
+
+
+def write_grid(tmp_path: Path, steps: int, seconds: float, seeds=(0,), extra: str = "") -> Path:
+    path = tmp_path / "life.toml"
+    path.write_text(GRID.format(steps=steps, seconds=seconds, seeds=list(seeds), extra=extra))
+    return path
+
+
+def start_driver(grid: Path, uri: str, env: dict, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "harness", "bench", str(grid), "--tracking-uri", uri],
+                            cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(condition, what: str, timeout: float = 300.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def all_runs(uri: str, name: str = "life") -> list:
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id(name, create=False)
+    return [] if exp is None else tracker.client.search_runs([exp], max_results=1000)
+
+
+def running_trial(uri: str):
+    return next((r for r in all_runs(uri) if r.data.tags.get("run_kind") == "trial"
+                 and r.info.status == "RUNNING"), None)
+
+
+# -- interruption ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_driver_ends_its_runs_killed_and_says_how_to_resume(tmp_path, tracking_uri,
+                                                                             tests_plugin_env, sig):
+    grid = write_grid(tmp_path, steps=100_000, seconds=0.01)
+    proc = start_driver(grid, tracking_uri, tests_plugin_env, tmp_path)
+    try:
+        run = wait_for(lambda: running_trial(tracking_uri), "the trial's run to be RUNNING")
+        # curves are streamed while the trial runs (batched every few seconds)
+        tracker = Tracker(tracking_uri)
+        wait_for(lambda: tracker.client.get_metric_history(run.info.run_id, "distill/loss"), "streamed curve points")
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert f"resume with: harness bench {grid}" in err and "Traceback" not in err
+    runs = all_runs(tracking_uri)
+    assert {r.data.tags["run_kind"]: r.info.status for r in runs} == {"trial": "KILLED", "bench": "KILLED"}
+    assert all(r.info.end_time for r in runs)
+
+
+def test_a_driver_killed_hard_leaves_runs_the_next_bench_marks_killed_and_reruns(tmp_path, tracking_uri,
+                                                                                 tests_plugin_env):
+    grid = write_grid(tmp_path, steps=400, seconds=0.02)
+    proc = start_driver(grid, tracking_uri, tests_plugin_env, tmp_path)
+    try:
+        wait_for(lambda: running_trial(tracking_uri), "the trial's run to be RUNNING")
+    finally:
+        proc.kill()  # SIGKILL: no handler runs
+        proc.communicate(timeout=120)
+    assert {r.info.status for r in all_runs(tracking_uri)} == {"RUNNING"}
+
+    rerun = subprocess.run([sys.executable, "-m", "harness", "bench", str(grid), "--tracking-uri", tracking_uri],
+                           cwd=tmp_path, env={**os.environ, **tests_plugin_env}, capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "marked 2 run(s) KILLED whose driver had died" in rerun.stdout
+    trials = [r for r in all_runs(tracking_uri) if r.data.tags["run_kind"] == "trial"]
+    assert sorted(r.info.status for r in trials) == ["FINISHED", "KILLED"]
+    killed = next(r for r in trials if r.info.status == "KILLED")
+    assert killed.info.end_time <= int(killed.data.tags[HEARTBEAT]) + 1  # ended at its last sign of life
+    from harness.report import runs_frame
+
+    assert len(runs_frame(Tracker(tracking_uri), "life")) == 1  # the report counts the trial once
+
+
+# -- concurrent drivers ---------------------------------------------------------------------------
+@pytest.mark.parametrize("store", ["fresh", "existing"])
+def test_two_drivers_on_one_store_never_run_a_trial_twice(tmp_path, tracking_uri, tests_plugin_env, store):
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}" if store == "fresh" else tracking_uri
+    grid = write_grid(tmp_path, steps=40, seconds=0.02, seeds=range(4))
+    procs = [start_driver(grid, uri, tests_plugin_env, tmp_path) for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for proc, (out, err) in zip(procs, outs):
+        assert proc.returncode == 0, out + err
+        assert "Traceback" not in out + err
+    trials = [r for r in all_runs(uri) if r.data.tags["run_kind"] == "trial"]
+    finished = [r.data.tags["trial_key"] for r in trials if r.info.status == "FINISHED"]
+    assert len(finished) == 4 and len(set(finished)) == 4, finished
+    assert all(r.info.status == "FINISHED" for r in trials)  # a claim that lost is deleted, not left over
+
+
+# -- time limits, names, temp files -----------------------------------------------------------------
+def test_a_trial_past_its_time_limit_fails_and_the_grid_goes_on(tiny_plugins, tracking_uri):
+    from harness.bench import run_bench
+    from harness.grid import build_grid
+
+    doc = {"name": "limits", "device": "cpu", "trial_timeout": 15,  # generous for the random trial under load
+           "grid": [{"distiller": ["sleeper", "random"], "dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [1]}],
+           "eval": {"epochs": 1, "models": 1}, "distillers": {"sleeper": {"steps": 100_000, "seconds": 0.01}}}
+    outcome = run_bench(build_grid(doc, tiny_plugins), tiny_plugins, tracking_uri=tracking_uri)
+    assert (outcome.passed, outcome.failed) == (1, 1)
+    runs = Tracker(tracking_uri).trial_runs(Tracker(tracking_uri).experiment_id("limits", create=False))
+    sleeper = next(r for r in runs if r.data.params["distiller"] == "sleeper")
+    assert sleeper.info.status == "FAILED"
+    assert sleeper.data.tags["error"] == "TrialTimeout: timeout: the trial ran past trial_timeout = 15 s"
+
+
+def test_trial_timeout_must_be_a_positive_number(tiny_plugins):
+    from harness.errors import ConfigError
+    from harness.grid import build_grid
+
+    doc = {"grid": [{"distiller": ["random"], "dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [1]}]}
+    for bad in (0, -5, "1h", float("inf")):
+        with pytest.raises(ConfigError, match="trial_timeout"):
+            build_grid({**doc, "trial_timeout": bad}, tiny_plugins)
+    assert build_grid({**doc, "trial_timeout": 60}, tiny_plugins).trial_timeout == 60.0
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/path", "a/b", "a b", "..", ".hidden"])
+def test_experiment_names_that_would_leave_their_directory_are_refused(tiny_plugins, name):
+    from harness.errors import ConfigError
+    from harness.grid import build_grid
+    from harness.report import write_report
+
+    doc = {"name": name, "grid": [{"distiller": ["random"], "dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [1]}]}
+    with pytest.raises(ConfigError, match="not usable as a file name"):
+        build_grid(doc, tiny_plugins)
+    with pytest.raises(ConfigError, match="not usable as a file name"):
+        write_report(None, "out", name, "cmd")
+
+
+def test_no_temporary_directory_outlives_its_trial(tiny_plugins, tracking_uri, tmp_path, monkeypatch):
+    from harness.bench import run_bench
+    from harness.grid import build_grid
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    doc = {"name": "tmp", "device": "cpu", "grid": [{"distiller": ["random", "means"], "dataset": ["tiny"],
+                                                     "arch": ["tiny-mlp"], "ipc": [1]}],
+           "eval": {"epochs": 1, "models": 1}}
+    outcome = run_bench(build_grid(doc, tiny_plugins), tiny_plugins, tracking_uri=tracking_uri)
+    assert outcome.passed == 2
+    assert not list(scratch.glob("harness-trial-*"))
+
+
+# -- the pieces -----------------------------------------------------------------------------------
+def _run(tags: dict, start: int | None = None):
+    return SimpleNamespace(data=SimpleNamespace(tags=tags), info=SimpleNamespace(start_time=start, run_id="r"))
+
+
+def test_a_run_is_dead_when_its_process_is_gone_or_its_heartbeat_is_stale():
+    import socket
+
+    here, now = socket.gethostname(), now_ms()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    assert not is_dead(_run({HOST: here, PID: str(os.getpid()), HEARTBEAT: str(now)}))
+    assert is_dead(_run({HOST: here, PID: gone, HEARTBEAT: str(now)}))
+    stale = str(now - int(STALE_SECONDS * 1000) - 1)
+    assert is_dead(_run({HOST: "elsewhere", PID: "1", HEARTBEAT: stale}))
+    assert not is_dead(_run({HOST: "elsewhere", PID: "1", HEARTBEAT: str(now)}))
+    assert is_dead(_run({}, start=int(stale)))  # a run from before heartbeats: judged by its start
+    assert not is_dead(_run({}, start=now))
+
+
+def test_heartbeat_refreshes_the_runs_it_holds():
+    beats: list[list[str]] = []
+    with Heartbeat(beats.append, every=0.05) as heart:
+        heart.hold("a")
+        wait_for(lambda: any("a" in b for b in beats), "a heartbeat", timeout=60)
+        heart.release("a")
+    assert all(b == ["a"] for b in beats)
+
+
+def test_curve_stream_batches_and_keeps_points_a_failed_send_did_not_deliver():
+    sent: list[list] = []
+    fail = [True]
+
+    def send(points):
+        if fail[0]:
+            raise ConnectionError("store down")
+        sent.append(list(points))
+
+    stream = CurveStream(send, every=3600, max_points=3)
+    for step in range(3):
+        stream.add(step, {"loss": 1.0})
+    assert stream.failures == 1 and stream.sent == 0
+    fail[0] = False
+    stream.add(3, {"loss": 0.5})
+    assert stream.sent == 4 and [s for s, _ in sent[0]] == [0, 1, 2, 3]
+    stream.add(4, {"loss": 0.1})
+    stream.flush()
+    assert stream.sent == 5
