@@ -61,7 +61,7 @@ def assert_one_error_line(proc: subprocess.CompletedProcess, *fragments: str) ->
     (GOOD, ["--set", "eval.epochs=abc"], ["eval.epochs: expected int, got 'abc' (str)"]),
     (GOOD.replace("ipc = [1]", "ipc = [1]\nn = [5]"), [], ["give either ipc (per class) or n (total), not both"]),
 ], ids=["missing-file", "malformed-toml", "unknown-key", "unknown-distiller", "wrong-type", "bool-for-int",
-        "unknown-arch", "unknown-device-in-file", "set-without-equals", "set-wrong-type", "ipc-and-n"])
+        "unknown-arch", "unknown-device-in-file", "escaping-name", "set-without-equals", "set-wrong-type", "ipc-and-n"])
 def test_validate_errors(tmp_path, content, extra, fragments):
     if content is not None:
         (tmp_path / "grid.toml").write_text(content)
