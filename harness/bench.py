@@ -32,9 +32,9 @@ class Driver:
     (RUNNING, params logged, claimed against other drivers), its curves are streamed while it runs,
     and it always ends FINISHED, FAILED or KILLED (see :mod:`harness.lifecycle`)."""
 
-    def __init__(self, tracker: Any, experiment_id: str, parent_id: str, cfg_fields: list[str], ctx: Any,
-                 heartbeat: Any, count_finished: bool):
-        self.tracker, self.exp_id, self.parent_id = tracker, experiment_id, parent_id
+    def __init__(self, tracker: Any, experiment: str, experiment_id: str, parent_id: str, cfg_fields: list[str],
+                 ctx: Any, heartbeat: Any, count_finished: bool):
+        self.tracker, self.experiment, self.exp_id, self.parent_id = tracker, experiment, experiment_id, parent_id
         self.cfg_fields, self.ctx, self.heartbeat = cfg_fields, ctx, heartbeat
         self.count_finished = count_finished
 
@@ -44,11 +44,17 @@ class Driver:
         from .runner import SKIPPED, TrialResult, run_trial
 
         trial = bound.trial
-        run_id = self.tracker.start_trial(self.exp_id, self.parent_id, trial, self.cfg_fields)
+        run_id = None
         try:
+            run_id = self.tracker.start_trial(self.exp_id, self.parent_id, trial, self.cfg_fields)
             taken = self.tracker.claim(self.exp_id, trial.key, run_id, self.count_finished)
-        except BaseException:
-            self._end(run_id, "KILLED")
+        except BaseException as exc:
+            if run_id is not None:
+                self._end(run_id, "KILLED")
+            if isinstance(exc, Exception):  # nothing computed yet: nothing to keep, one line
+                cause = (str(exc).strip().splitlines() or [""])[0][:300]
+                raise HarnessError(f"tracking store {self.tracker.uri} failed before trial {trial.label} started "
+                                   f"({type(exc).__name__}: {cause}); rerun the same command to resume") from None
             raise
         if taken:
             return TrialResult(trial, SKIPPED, error=f"{taken} by another driver")
@@ -68,16 +74,26 @@ class Driver:
         return result
 
     def finish(self, result: Any) -> None:
-        """Log a finished trial into its run and end it; its temporary files go."""
+        """Log a finished trial into its run and end it; its temporary files go. If the store fails
+        (after retries), the results are spooled (:mod:`harness.spool`) and the grid stops with one
+        line: the trial is logged by the next ``bench`` or ``harness sync``, never recomputed."""
+        from . import spool
+
         try:
             if result.run_id is None:
                 self.tracker.log_trial(self.exp_id, self.parent_id, result, self.cfg_fields)
             else:
-                try:
-                    self.tracker.finish_trial(result.run_id, result, result.curves_sent)
-                except BaseException:
-                    self._end(result.run_id, "KILLED")  # interrupted or failed while logging
-                    raise
+                self.tracker.finish_trial(result.run_id, result, result.curves_sent)
+        except Exception as exc:
+            entry = spool.spool(self.tracker.uri, self.experiment, self.parent_id, self.cfg_fields, result)
+            cause = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise HarnessError(f"tracking store {self.tracker.uri} failed while logging trial {result.trial.label} "
+                               f"({type(exc).__name__}: {cause}); its results are kept in {entry} and logged by "
+                               f"the next `harness bench` or `harness sync`") from None
+        except BaseException:
+            if result.run_id is not None:
+                self._end(result.run_id, "KILLED")  # interrupted while logging: rerun, never half-FINISHED
+            raise
         finally:
             if result.run_id is not None:
                 self.heartbeat.release(result.run_id)
@@ -104,19 +120,28 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
     from .progress import BenchProgress
     from .report import leaderboard, runs_frame, to_markdown
     from .runner import SKIPPED, TrialContext
-    from .tracking import TRIAL_KEY, Tracker
+    from .spool import flush as flush_spool
+    from .tracking import Tracker
 
     console = console or Console(stderr=False)
     plan = prepare(grid, plugins, data_dir, device)  # every check that needs data, before compute
-    data, dev = plan.data, plan.device
+    data, dev, grid = plan.data, plan.device, plan.grid  # the plan's trials carry data fingerprints
 
     tracker = Tracker(tracking_uri)
+    synced = flush_spool(tracker)  # trials finished while the store was down count as finished now
+    if synced:
+        console.print(f"logged {synced} spooled trial(s) into {tracker.uri}", highlight=False)
     exp_id = tracker.experiment_id(grid.name)
     reaped = tracker.reap(exp_id)  # runs left RUNNING by a driver that died
     if reaped:
         console.print(f"marked {reaped} run(s) KILLED whose driver had died", highlight=False)
-    done = tracker.finished_keys(exp_id) if resume else set()
+    finished, legacy = tracker.finished_keys(exp_id) if resume else (set(), set())
+    done = {b.trial.key for b in plan.trials if b.trial.key in finished or b.trial.grid_key in legacy}
     todo = [b for b in plan.trials if b.trial.key not in done]
+    before = sum(b.trial.key not in finished for b in plan.trials if b.trial.key in done)
+    if before:
+        console.print(f"{before} finished trial(s) predate data fingerprints: taken as run on the data "
+                      f"loaded now (--no-resume reruns them)", highlight=False)
     skipped = len(grid.trials) - len(todo)
     console.print(f"grid '{grid.name}': {len(grid.trials)} trials, {skipped} already finished, "
                   f"{len(todo)} to run on {device_name(dev)}; MLflow {tracker.uri}", highlight=False)
@@ -137,7 +162,7 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
             executor = plugins.executors.get(grid.executor)()
             with BenchProgress(console, len(todo), skipped) as progress:
                 ctx = TrialContext(data, dev, progress, timeout=grid.trial_timeout)
-                driver = Driver(tracker, exp_id, parent, cfg_fields, ctx, heartbeat, count_finished=resume)
+                driver = Driver(tracker, grid.name, exp_id, parent, cfg_fields, ctx, heartbeat, count_finished=resume)
                 for result in executor.run(todo, driver.run):
                     if result.status == SKIPPED:
                         claimed += 1
@@ -151,17 +176,17 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
             status = "KILLED"
             raise
         finally:
-            board, markdown = None, ""
-            try:
+            board = None
+            try:  # the summary, and the parent's end; with the store gone, the next bench reaps the parent
                 frame = runs_frame(tracker, grid.name)
-                keys = {t.key for t in grid.trials}
+                keys = {t.grid_key for t in grid.trials}
                 if len(frame):
-                    frame = frame[frame[TRIAL_KEY].isin(keys)]
+                    frame = frame[frame["grid_key"].isin(keys)]
                 board = leaderboard(frame) if len(frame) else None
-                if board is not None:
-                    markdown = to_markdown(board, f"Leaderboard: {grid.name}", f"harness report --experiment {grid.name}")
-            except HarnessError:
-                pass
-            tracker.end_bench(parent, board, markdown, status,
-                              {"trials_passed": passed, "trials_failed": failed, "trials_skipped": skipped + claimed})
+                markdown = "" if board is None else to_markdown(board, f"Leaderboard: {grid.name}",
+                                                                f"harness report --experiment {grid.name}")
+                tracker.end_bench(parent, board, markdown, status, {"trials_passed": passed, "trials_failed": failed,
+                                                                    "trials_skipped": skipped + claimed})
+            except Exception as exc:
+                console.print(f"could not end the bench run in {tracker.uri}: {type(exc).__name__}", highlight=False)
     return BenchOutcome(grid.name, passed, failed, skipped + claimed, board, parent, tracker.uri)

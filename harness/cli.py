@@ -169,7 +169,7 @@ def report(experiments, tracking_uri, out_dir, grid_file, overrides) -> None:
         from .grid import load_grid
 
         grid = load_grid(grid_file, list(overrides))
-        keys = {t.key for t in grid.trials}
+        keys = {t.grid_key for t in grid.trials}  # no data loaded here: the grid's own keys
         experiments = experiments or (grid.name,)
     tracker = Tracker(tracking_uri)
     names = list(experiments) or [e.name for e in tracker.client.search_experiments()
@@ -194,6 +194,24 @@ def report(experiments, tracking_uri, out_dir, grid_file, overrides) -> None:
         md, csv = write_report(board, out_dir, name, command)
         _print_board(console, board, f"Leaderboard: {name}")
         click.echo(f"wrote {md} and {csv}")
+
+
+@cli.command()
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow store [default: sqlite:///results/mlflow.db; env MLFLOW_TRACKING_URI].")
+def sync(tracking_uri) -> None:
+    """Log trials that finished while the tracking store was unavailable (kept in the spool).
+
+    `harness bench` does the same before it starts; the spool is $HARNESS_SPOOL_DIR, else
+    ~/.cache/distill-harness/spool.
+    """
+    from .spool import flush, pending
+    from .tracking import Tracker
+
+    tracker = Tracker(tracking_uri)
+    waiting = len(pending(tracker.uri))
+    done = flush(tracker)
+    click.echo(f"logged {done} of {waiting} spooled trial(s) into {tracker.uri}")
 
 
 def _print_board(console, board, title: str) -> None:

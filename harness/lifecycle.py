@@ -109,11 +109,14 @@ class Heartbeat:
 class CurveStream:
     """Buffers a running trial's curve points and sends them to its run in batches (every
     ``every`` seconds or ``max_points`` points), so the UI shows a long distillation as it goes.
-    A failed send keeps the points for the next try; ``sent`` counts what reached the store."""
+    A failed send keeps the points for the next try, and tries less often (the interval doubles, up
+    to 5 minutes) so an unavailable store does not slow the trial; ``sent`` counts what arrived."""
 
     def __init__(self, send: Callable[[list[tuple[int, dict[str, float]]]], None], every: float = 10.0,
                  max_points: int = 2000):
         self._send, self._every, self._max = send, every, max_points
+        self._base_every = every
+        self._failing = False
         self._buffer: list[tuple[int, dict[str, float]]] = []
         self._last = time.monotonic()
         self.sent = 0
@@ -121,7 +124,7 @@ class CurveStream:
 
     def add(self, step: int, metrics: dict[str, float]) -> None:
         self._buffer.append((step, metrics))
-        if len(self._buffer) >= self._max or time.monotonic() - self._last >= self._every:
+        if time.monotonic() - self._last >= self._every or (len(self._buffer) >= self._max and not self._failing):
             self.flush()
 
     def flush(self) -> None:
@@ -132,6 +135,9 @@ class CurveStream:
             self._send(self._buffer)
         except Exception:
             self.failures += 1
+            self._failing = True
+            self._every = min(max(self._every, 1.0) * 2, 300.0)
             return
         self.sent += len(self._buffer)
         self._buffer = []
+        self._every, self._failing = self._base_every, False

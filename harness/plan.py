@@ -10,6 +10,7 @@ prints the plan; ``bench`` executes it. So ``validate`` saying "ok" means ``benc
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -86,7 +87,18 @@ def prepare(grid: Grid, plugins: Any, data_dir: Path | None = None, device: str 
         data.get(trial.dataset, "test")
     check_budgets(grid.trials, plugins, data)
     check_architectures(grid.trials, plugins)
-    return Plan(grid, data, dev, [bind(t, plugins) for t in grid.trials])
+    trials = [with_data(t, data) for t in grid.trials]
+    grid = dataclasses.replace(grid, trials=trials)
+    return Plan(grid, data, dev, [bind(t, plugins) for t in trials])
+
+
+def with_data(trial: Trial, data: Any) -> Trial:
+    """The trial with the fingerprints of the data it reads (part of its key): the dataset's train
+    and test splits, and the base dataset's train split when the base examples come from elsewhere."""
+    prints = [("fingerprint", data.fingerprint(trial.dataset))]
+    if trial.base_dataset != trial.dataset:
+        prints.append(("base_fingerprint", data.fingerprint(trial.base_dataset, ("train",))))
+    return dataclasses.replace(trial, data=tuple(prints), settings=trial.settings)
 
 
 def check_architectures(trials: list, plugins: Any) -> None:

@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HarnessError
-from .tracking import TRIAL_KEY
+from .tracking import GRID_KEY, TRIAL_KEY
 
 GROUP = ["dataset", "base_dataset", "arch", "budget", "recipe", "protocol", "distiller", "variant"]
 PER_RECIPE = re.compile(r"^acc_mean/(.+)$")
 
 
 def runs_frame(tracker: Any, experiment: str, keys: set[str] | None = None) -> Any:
-    """One row per trial key: its newest FINISHED run, else its newest run. With ``keys`` (a grid's
-    trial keys), only those trials: runs of an earlier version of the grid are left out."""
+    """One row per trial as a grid defines it (its ``grid_key``; runs from before data fingerprints
+    have only a trial key, which is their grid key): its newest FINISHED run, else its newest run,
+    so a rerun on corrected data replaces the old row. With ``keys`` (a grid's grid keys), only
+    those trials: runs of an earlier version of the grid are left out."""
     import pandas as pd
 
     exp_id = tracker.experiment_id(experiment, create=False)
@@ -28,7 +30,7 @@ def runs_frame(tracker: Any, experiment: str, keys: set[str] | None = None) -> A
                            f"run `harness bench` first or pass --experiment/--tracking-uri")
     chosen: dict[str, Any] = {}
     for run in tracker.trial_runs(exp_id):  # newest first
-        key = run.data.tags.get(TRIAL_KEY)
+        key = run.data.tags.get(GRID_KEY) or run.data.tags.get(TRIAL_KEY)
         if keys is not None and key not in keys:
             continue
         if key not in chosen or (run.info.status == "FINISHED" and chosen[key].info.status != "FINISHED"):
@@ -42,7 +44,7 @@ def runs_frame(tracker: Any, experiment: str, keys: set[str] | None = None) -> A
         row["eval_test_size"] = p.get("eval.test_size", "0")
         row["init"] = _inits(p.get("cfg.model_init", "default"), p.get("eval.model_init", "default"))
         row.update(seed=int(p.get("seed", 0)), status=run.info.status, error=run.data.tags.get("error", ""),
-                   trial_key=run.data.tags.get(TRIAL_KEY), run_id=run.info.run_id)
+                   trial_key=run.data.tags.get(TRIAL_KEY), grid_key=key, run_id=run.info.run_id)
         row["_cfg"] = {k[4:]: v for k, v in p.items() if k.startswith("cfg.")}
         row.update(run.data.metrics)
         rows.append(row)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -19,8 +20,41 @@ from .errors import HarnessError
 from .lifecycle import HEARTBEAT, claim_order, driver_tags, is_dead, last_alive_ms, now_ms
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
-RUN_KIND, TRIAL_KEY = "run_kind", "trial_key"
+RUN_KIND, TRIAL_KEY, GRID_KEY = "run_kind", "trial_key", "grid_key"
 PAGE = 1000
+RETRY_WAITS = (1.0, 3.0, 9.0)  # backoff between attempts of a store call that failed transiently
+TRANSIENT = ("connection refused", "connection reset", "connection aborted", "max retries exceeded", "timed out",
+             "temporarily unavailable", "database is locked", "remote end closed", "bad gateway",
+             "service unavailable", "gateway timeout", "too many requests")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A store error worth retrying: the network or a busy database, not a bad request."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return isinstance(exc, (ConnectionError, TimeoutError)) or any(t in text for t in TRANSIENT)
+
+
+class _Retrying:
+    """An MlflowClient whose calls are retried with backoff when they fail transiently."""
+
+    def __init__(self, client: Any, waits: tuple[float, ...] = RETRY_WAITS):
+        self._client, self._waits = client, waits
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            for wait in (*self._waits, None):
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as exc:
+                    if wait is None or not is_transient(exc):
+                        raise
+                    time.sleep(wait)
+
+        return call
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -30,7 +64,11 @@ def resolve_tracking_uri(uri: str | None) -> str:
         path = Path(uri[len("sqlite:///"):])
         if not path.is_absolute():
             path = Path.cwd() / path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HarnessError(f"cannot use MLflow tracking store sqlite:///{path}: {exc.strerror} ({path.parent}); "
+                               f"check --tracking-uri") from None
         return f"sqlite:///{path}"
     if "://" not in uri:  # a bare path: a sqlite file there
         return resolve_tracking_uri(f"sqlite:///{uri}")
@@ -38,10 +76,15 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
 
 def _quiet_mlflow() -> None:
+    """MLflow's logging after its import (which configures its loggers): warnings only, and none of
+    the tracebacks its sqlite store logs before raising (the harness reports those in one line)."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    import mlflow  # noqa: F401
+
     for name in ("mlflow", "alembic", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 @contextlib.contextmanager
@@ -54,7 +97,12 @@ def _store_lock(uri: str) -> Iterator[None]:
     import fcntl
 
     lock = Path(uri[len("sqlite:///"):] + ".lock")
-    with open(lock, "a+") as handle:
+    try:
+        handle = open(lock, "a+")
+    except OSError as exc:  # a read-only or missing directory: the store cannot be written either
+        raise HarnessError(f"cannot use MLflow tracking store {uri}: {exc.strerror} ({lock}); "
+                           f"check --tracking-uri") from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -71,10 +119,10 @@ class Tracker:
 
         self.uri = resolve_tracking_uri(uri)
         self._lock = threading.RLock()
-        with _store_lock(self.uri):
-            self.client = MlflowClient(tracking_uri=self.uri)
+        with _store_lock(self.uri):  # creating (migrating) the store happens here: a broken one fails in one line
+            self.client = _Retrying(self._guard(lambda: MlflowClient(tracking_uri=self.uri)))
             if self.uri.startswith("sqlite:///"):
-                self._guard(lambda: self.client.search_experiments(max_results=1))  # creates/migrates the db now
+                self._guard(lambda: self.client.search_experiments(max_results=1))
 
     def _guard(self, call: Any) -> Any:
         """Run a store call; an unusable store becomes one HarnessError line naming it."""
@@ -117,9 +165,14 @@ class Tracker:
         """Every trial child run of an experiment (all statuses), newest first."""
         return self._search(experiment_id, f"tags.{RUN_KIND} = 'trial'", ["attributes.start_time DESC"])
 
-    def finished_keys(self, experiment_id: str) -> set[str]:
-        return {r.data.tags.get(TRIAL_KEY) for r in self.trial_runs(experiment_id)
-                if r.info.status == "FINISHED"} - {None}
+    def finished_keys(self, experiment_id: str) -> tuple[set[str], set[str]]:
+        """Keys of the experiment's FINISHED trials: ``(trial keys, legacy keys)``. Legacy keys are
+        those of runs made before data fingerprints (no ``grid_key`` tag): a trial whose
+        ``grid_key`` is one of them is taken as run on the data it reads now."""
+        finished = [r for r in self.trial_runs(experiment_id) if r.info.status == "FINISHED"]
+        keys = {r.data.tags.get(TRIAL_KEY) for r in finished} - {None}
+        legacy = {r.data.tags.get(TRIAL_KEY) for r in finished if GRID_KEY not in r.data.tags} - {None}
+        return keys, legacy
 
     def _search(self, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list[Any]:
         runs, token = [], None
@@ -149,18 +202,24 @@ class Tracker:
                 self.client.set_tag(run_id, HEARTBEAT, stamp)
 
     def start_bench(self, experiment_id: str, run_name: str, params: dict, tags: dict) -> str:
-        with self._lock:
+        """The parent run; the first write of a bench, so an unwritable store fails here, before compute."""
+        def start() -> str:
             run = self.client.create_run(experiment_id, run_name=run_name,
                                          tags={RUN_KIND: "bench", **driver_tags(), **tags})
             self._log(run.info.run_id, params=params)
-        return run.info.run_id
+            return run.info.run_id
+
+        with self._lock:
+            return self._guard(start)
 
     def start_trial(self, experiment_id: str, parent_id: str, trial: Any, cfg_fields: Iterable[str] = ()) -> str:
         """The trial's child run, created when the trial starts: RUNNING, its params logged, owned by
         this driver. ``cfg_fields``: every Config field in the grid; fields this distiller lacks are
         logged as "-" so all children share the same param keys."""
-        tags = {RUN_KIND: "trial", TRIAL_KEY: trial.key, "mlflow.parentRunId": parent_id, **driver_tags(),
+        tags = {RUN_KIND: "trial", TRIAL_KEY: trial.key, GRID_KEY: trial.grid_key, **driver_tags(),
                 **{f"version.{d}": v for d, v in trial.versions}}
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
         params = {f"cfg.{k}": "-" for k in cfg_fields}
         params.update(trial.params())
         with self._lock:
@@ -226,6 +285,28 @@ class Tracker:
         """End a run without results (KILLED on interruption, FAILED when logging broke)."""
         with self._lock:
             self.client.set_terminated(run_id, status)
+
+    def log_spooled(self, record: Any) -> str:
+        """Log a trial kept by :mod:`harness.spool`: into its own run if that is still RUNNING, else
+        into a new run of its experiment (under its parent when the parent still exists)."""
+        def active(run_id: str | None) -> Any:
+            if not run_id:
+                return None
+            try:
+                run = self.client.get_run(run_id)
+            except Exception:
+                return None
+            return run if run.info.lifecycle_stage == "active" else None
+
+        run = active(record.run_id)
+        if run is not None and run.info.status == "RUNNING":
+            run_id, sent = record.run_id, record.curves_sent
+        else:
+            exp_id = self.experiment_id(record.experiment)
+            parent = record.parent_id if active(record.parent_id) is not None else None
+            run_id, sent = self.start_trial(exp_id, parent, record.trial, record.cfg_fields), 0
+        self.finish_trial(run_id, record, sent)
+        return run_id
 
     def log_trial(self, experiment_id: str, parent_id: str, result: Any, cfg_fields: Iterable[str] = ()) -> str:
         """Log a whole finished trial at once (a trial run elsewhere, without streaming)."""

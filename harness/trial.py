@@ -71,6 +71,9 @@ class Trial:
     config: tuple[tuple[str, Any], ...]
     recipes: tuple[Recipe, ...]
     versions: tuple[tuple[str, str], ...] = ()  # (distribution, version) of the plugins involved
+    # (dataset, fingerprint) of the data the trial reads, set by the plan once the data is loaded
+    # (harness.data.fingerprint); part of the key, so a run on other data never stands for this one
+    data: tuple[tuple[str, str], ...] = ()
     # the validated Config instance ``config`` lists (built once by the grid, handed to the
     # distiller as is); not part of equality or the key, which ``config`` defines
     settings: Any = field(default=None, compare=False, repr=False)
@@ -90,7 +93,16 @@ class Trial:
 
     @property
     def key(self) -> str:
-        """Stable hash of everything that defines the result (plugin versions included)."""
+        """Stable hash of everything that defines the result: the grid's definition of the trial
+        (:attr:`grid_key`), plugin versions included, and the fingerprints of the data it read."""
+        if not self.data:
+            return self.grid_key
+        return _hash({"grid_key": self.grid_key, "data": [list(d) for d in self.data]})
+
+    @property
+    def grid_key(self) -> str:
+        """The key without data fingerprints: what a grid file defines, computable without loading
+        any data (``harness report --grid``), and the key of runs made before fingerprints."""
         payload = {
             "distiller": self.distiller,
             "dataset": self.dataset,
@@ -103,8 +115,7 @@ class Trial:
             "recipes": [asdict(r) for r in self.recipes],
             "versions": [list(v) for v in self.versions],
         }
-        blob = json.dumps(payload, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return _hash(payload)
 
     def params(self) -> dict[str, Any]:
         """MLflow params: identical keys across trials of one grid (compare view)."""
@@ -121,7 +132,13 @@ class Trial:
         out.update({f"cfg.{k}": v for k, v in self.config})
         out.update(self.recipes[0].params())
         out["eval.recipes"] = ",".join(r.label for r in self.recipes)
+        out.update({f"data.{name}": fp for name, fp in self.data})
         return out
+
+
+def _hash(payload: Any) -> str:
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def derive_seed(*parts: Any) -> int:

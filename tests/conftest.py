@@ -61,4 +61,51 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.delenv("HARNESS_PLUGINS", raising=False)
     monkeypatch.delenv("HARNESS_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("HARNESS_SPOOL_DIR", str(tmp_path / "spool"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(tmp_path: Path, port: int, timeout: float = 300.0):
+    """A real ``mlflow server`` on 127.0.0.1 over ``tmp_path/server.db``; returns (process, uri) once
+    it answers /health (a generous deadline: a loaded machine starts it slowly)."""
+    import subprocess
+    import time
+    import urllib.request
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+         str(tmp_path / "server-artifacts"), "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)  # its own process group: stop_mlflow_server ends the workers too
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            return server, uri
+        except OSError:
+            if server.poll() is not None:
+                break
+            time.sleep(0.5)
+    stop_mlflow_server(server)
+    pytest.fail(f"mlflow server did not answer within {timeout:.0f} s (exit code {server.poll()})")
+
+
+def stop_mlflow_server(server, hard: bool = False) -> None:
+    """Stop the server and its worker processes (SIGKILL with ``hard``: no graceful shutdown)."""
+    import signal
+
+    try:
+        os.killpg(server.pid, signal.SIGKILL if hard else signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    server.wait(timeout=120)

@@ -320,28 +320,10 @@ def test_cli_exit_code_is_1_when_a_trial_fails(tmp_path, tracking_uri, tests_plu
 @pytest.mark.slow
 def test_http_tracking_server_via_env(tmp_path):
     """MLFLOW_TRACKING_URI pointing at a real `mlflow server` (bound to 127.0.0.1)."""
-    import socket
-    import time
-    import urllib.request
+    from conftest import free_port, start_mlflow_server, stop_mlflow_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-         str(tmp_path / "server-artifacts"), "--workers", "1"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, uri = start_mlflow_server(tmp_path, free_port())
     try:
-        uri = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start within 60 s")
         grid = tmp_path / "g.toml"
         grid.write_text('name = "remote"\n[[grid]]\ndistiller = ["random"]\ndataset = ["digits"]\narch = ["mlp"]\n'
                         'ipc = [1]\n[eval]\nepochs = 1\nmodels = 1\n')
@@ -354,8 +336,7 @@ def test_http_tracking_server_via_env(tmp_path):
         assert "distilled.safetensors" in names
         assert not (tmp_path / "results").exists()  # nothing written to the local default store
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_mlflow_server(server)
 
 
 def test_an_architecture_that_cannot_take_the_input_fails_before_compute(tiny_plugins, tracking_uri, tmp_path):

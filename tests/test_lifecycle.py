@@ -234,9 +234,11 @@ def test_curve_stream_batches_and_keeps_points_a_failed_send_did_not_deliver():
     for step in range(3):
         stream.add(step, {"loss": 1.0})
     assert stream.failures == 1 and stream.sent == 0
+    stream.add(3, {"loss": 0.5})  # while failing, only time triggers the next try (backoff), not size
+    assert stream.failures == 1 and stream.sent == 0
     fail[0] = False
-    stream.add(3, {"loss": 0.5})
-    assert stream.sent == 4 and [s for s, _ in sent[0]] == [0, 1, 2, 3]
-    stream.add(4, {"loss": 0.1})
     stream.flush()
-    assert stream.sent == 5
+    assert stream.sent == 4 and [s for s, _ in sent[0]] == [0, 1, 2, 3]
+    for step in range(4, 7):  # recovered: size-based batches again
+        stream.add(step, {"loss": 0.1})
+    assert stream.sent == 7

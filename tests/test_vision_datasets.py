@@ -8,6 +8,7 @@ CIFAR/SVHN files is replaced (the generated files cannot match the real archives
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import pickle
@@ -111,6 +112,8 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(tv_cifar, "check_integrity", exists)
     monkeypatch.setattr(tv_svhn, "check_integrity", exists)
     monkeypatch.setattr(tvd, "FASHION_MNIST_SYSTEM_DIRS", (tmp_path / "no-such-package",))
+    for name, sizes in SIZES.items():  # the generated files are small: the catalogue expects their sizes
+        monkeypatch.setitem(tvd.BY_NAME, name, dataclasses.replace(tvd.BY_NAME[name], sizes=sizes))
 
 
 def expected_x(name: str, images: np.ndarray) -> np.ndarray:
@@ -319,3 +322,15 @@ def test_cross_dataset_ld_emnist_letters_to_mnist(tmp_path, offline, tracking_ur
     base_x, _ = tvd.load("emnist-letters", "train", data_dir)
     assert all((base_x == xi).flatten(1).all(1).any() for xi in dset.x)  # every input is a real letter
     assert dset.meta["base_dataset"] == "emnist-letters"
+
+
+def test_a_catalogued_dataset_of_the_wrong_size_names_the_file(tmp_path, monkeypatch):
+    """A consistent but truncated MNIST (e.g. 100 images) is refused, naming the file, instead of
+    running as if it were MNIST."""
+    from harness import DatasetUnavailableError
+
+    monkeypatch.setenv("HARNESS_OFFLINE", "1")
+    generate("mnist", tmp_path)
+    with pytest.raises(DatasetUnavailableError, match=r"its train split has \d+ examples, expected 60,000: the "
+                                                       r"files there \(.*MNIST/raw/train-images-idx3-ubyte and"):
+        tvd.load("mnist", "train", tmp_path)

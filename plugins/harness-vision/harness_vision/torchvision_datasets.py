@@ -119,12 +119,32 @@ def load(name: str, split: str, data_dir: Path | None) -> tuple[Any, Any]:
         from harness import default_data_dir
 
         data_dir = default_data_dir()
-    ds = open_dataset(entry, split, Path(data_dir).expanduser())
+    data_dir = Path(data_dir).expanduser()
+    ds = open_dataset(entry, split, data_dir)
     x, y = _arrays(entry, ds)
+    check_size(entry, split, len(y), data_dir)
     mean = torch.tensor(entry.mean).view(1, -1, 1, 1)
     std = torch.tensor(entry.std).view(1, -1, 1, 1)
     x = x.contiguous().to(torch.float32).div_(255.0).sub_(mean).div_(std)
     return x, y.to(torch.int64)
+
+
+def check_size(entry: TorchvisionDataset, split: str, n: int, data_dir: Path) -> None:
+    """A catalogued dataset has a known size per split: any other is a wrong file, named here."""
+    expected = entry.sizes[0 if split == "train" else 1]
+    if n == expected:
+        return
+    from harness import DatasetUnavailableError
+
+    where = data_dir / entry.folder if entry.folder else data_dir
+    files = ""
+    if entry.tv_class in ("MNIST", "FashionMNIST", "KMNIST"):
+        prefix = "train" if split == "train" else "t10k"
+        files = f" ({where / f'{prefix}-images-idx3-ubyte'} and its labels file)"
+    raise DatasetUnavailableError(
+        entry.name, str(where),
+        f"its {split} split has {n:,} examples, expected {expected:,}: the files there{files} are not the "
+        f"original ones; delete them so they are downloaded again, or copy the originals there")
 
 
 def open_dataset(entry: TorchvisionDataset, split: str, data_dir: Path) -> Any:

@@ -1,0 +1,150 @@
+"""Store faults: a corrupted or full store is one line before compute; a store lost mid-grid loses no
+finished trial (spooled, then logged by the next bench or `harness sync`, never recomputed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import free_port, start_mlflow_server, stop_mlflow_server
+from test_lifecycle import all_runs, running_trial, start_driver, wait_for, write_grid
+
+from harness.spool import pending
+from harness.tracking import Tracker, is_transient
+
+
+def harness(*args: str, cwd: Path, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def test_a_corrupted_store_is_one_line_naming_it_before_compute(tmp_path, tests_plugin_env):
+    db = tmp_path / "broken.db"
+    db.write_bytes(b"this is not an sqlite database" * 100)
+    grid = write_grid(tmp_path, steps=1, seconds=0.0)
+    line = one_error_line(harness("bench", str(grid), "--tracking-uri", f"sqlite:///{db}", cwd=tmp_path,
+                                  env=tests_plugin_env))
+    assert f"cannot use MLflow tracking store sqlite:///{db}" in line and "not a database" in line
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_full_or_read_only_store_is_one_line_before_compute(tmp_path, tests_plugin_env, mlflow_template, fault):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    size = mlflow_template.stat().st_size + 64 * 1024
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs is not allowed here (needs root), so no full or read-only disk")
+    try:
+        shutil.copy(mlflow_template, mount / "mlflow.db")
+        if fault == "full":
+            fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+            try:  # fill what is left
+                while os.write(fd, b"\0" * 4096):
+                    pass
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        grid = write_grid(tmp_path, steps=1, seconds=0.0)
+        line = one_error_line(harness("bench", str(grid), "--tracking-uri", f"sqlite:///{mount / 'mlflow.db'}",
+                                      cwd=tmp_path, env=tests_plugin_env))
+        assert f"cannot use MLflow tracking store sqlite:///{mount / 'mlflow.db'}" in line
+        assert ("full" if fault == "full" else "Read-only file system") in line, line
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_failed_log_spools_the_finished_trial_and_the_next_bench_logs_it_without_recomputing(
+        tiny_plugins, tracking_uri, monkeypatch, capsys):
+    from harness.bench import run_bench
+    from harness.errors import HarnessError
+    from harness.grid import build_grid
+
+    doc = {"name": "spooled", "device": "cpu", "seeds": [0, 1],
+           "grid": [{"distiller": ["means"], "dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [1]}],
+           "eval": {"epochs": 1, "models": 1}}
+    grid = build_grid(doc, tiny_plugins)
+    real = Tracker.finish_trial
+
+    def store_gone(self, *args, **kwargs):
+        raise ConnectionError("Connection refused")
+
+    monkeypatch.setattr("harness.tracking.RETRY_WAITS", (0.0,))
+    monkeypatch.setattr(Tracker, "finish_trial", store_gone)
+    with pytest.raises(HarnessError, match=r"failed while logging trial means/tiny/tiny-mlp/ipc1/seed0 .*"
+                                           r"its results are kept in .* and logged by the next `harness bench`"):
+        run_bench(grid, tiny_plugins, tracking_uri=tracking_uri)
+    assert len(pending(Tracker(tracking_uri).uri)) == 1
+
+    monkeypatch.setattr(Tracker, "finish_trial", real)
+    calls = []
+    import plugins_for_tests
+
+    original = plugins_for_tests.ClassMeans.distill
+    monkeypatch.setattr(plugins_for_tests.ClassMeans, "distill", lambda self, task: calls.append(task.seed) or
+                        original(self, task))
+    outcome = run_bench(grid, tiny_plugins, tracking_uri=tracking_uri)
+    assert "logged 1 spooled trial(s)" in capsys.readouterr().out
+    assert calls == [1]  # seed 0 was logged from the spool, not recomputed
+    assert (outcome.passed, outcome.skipped) == (1, 1)
+    tracker = Tracker(tracking_uri)
+    runs = tracker.trial_runs(tracker.experiment_id("spooled", create=False))
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+    assert len({r.data.tags["trial_key"] for r in runs}) == 2
+    assert not pending(tracker.uri)
+
+
+@pytest.mark.slow
+def test_a_tracking_server_lost_mid_grid_loses_nothing(tmp_path, tests_plugin_env):
+    """A real `mlflow server` stopped while a trial runs and restarted: the finished trial is spooled,
+    `harness sync` logs it into its own run, and the rerun only computes the trial never finished."""
+    port = free_port()
+    server, uri = start_mlflow_server(tmp_path, port)
+    grid = write_grid(tmp_path, steps=1000, seconds=0.02, seeds=[0, 1])  # ~20 s of distilling per trial
+    env = {**tests_plugin_env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    try:
+        proc = start_driver(grid, uri, env, tmp_path)
+        try:
+            run = wait_for(lambda: running_trial(uri), "the first trial's run to be RUNNING")
+            tracker = Tracker(uri)  # its first curve points arrive ~10 s into the trial: it is computing
+            wait_for(lambda: tracker.client.get_metric_history(run.info.run_id, "distill/loss"), "streamed points")
+            stop_mlflow_server(server, hard=True)  # gone at once, seconds before the trial ends
+            out, err = proc.communicate(timeout=900)
+        finally:
+            proc.kill()
+        assert proc.returncode == 2, out + err
+        assert "Traceback" not in out + err and len(err.splitlines()) == 1
+        assert "its results are kept in" in err and "seed0" in err
+        server, uri = start_mlflow_server(tmp_path, port)
+        sync = harness("sync", "--tracking-uri", uri, cwd=tmp_path, env=env)
+        assert sync.returncode == 0 and "logged 1 of 1 spooled trial(s)" in sync.stdout, sync.stdout + sync.stderr
+        rerun = harness("bench", str(grid), "--tracking-uri", uri, cwd=tmp_path, env=env)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        assert "2 trials, 1 already finished, 1 to run" in rerun.stdout
+        trials = [r for r in all_runs(uri) if r.data.tags["run_kind"] == "trial"]
+        assert sorted(r.info.status for r in trials) == ["FINISHED", "FINISHED"]  # seed 0 ended in its own run
+        assert {r.info.status for r in all_runs(uri)} <= {"FINISHED", "KILLED"}  # the dead parent was reaped
+    finally:
+        stop_mlflow_server(server)
+
+
+def test_transient_errors_are_told_apart_from_bad_requests():
+    assert is_transient(ConnectionError("x"))
+    assert is_transient(RuntimeError("HTTPConnectionPool: Max retries exceeded with url"))
+    assert is_transient(RuntimeError("(sqlite3.OperationalError) database is locked"))
+    assert not is_transient(ValueError("Invalid parameter value"))
