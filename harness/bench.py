@@ -149,7 +149,8 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
     parent = tracker.start_bench(
         exp_id, run_name=f"bench/{grid.name}",
         params={"grid": grid.source, "trials": len(grid.trials), "seeds": grid.seeds, "device": str(dev),
-                "executor": grid.executor, "trial_timeout": grid.trial_timeout or "none"},
+                "executor": grid.executor, "trial_timeout": grid.trial_timeout or "none",
+                "checkpoint_every": grid.checkpoint_every or "off"},
         tags={"harness_version": __version__, "torch_version": torch.__version__, "device": device_name(dev),
               "command": " ".join(sys.argv)},
     )
@@ -161,7 +162,8 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
         try:
             executor = plugins.executors.get(grid.executor)()
             with BenchProgress(console, len(todo), skipped) as progress:
-                ctx = TrialContext(data, dev, progress, timeout=grid.trial_timeout)
+                ctx = TrialContext(data, dev, progress, timeout=grid.trial_timeout,
+                                   checkpoint_every=grid.checkpoint_every)
                 driver = Driver(tracker, grid.name, exp_id, parent, cfg_fields, ctx, heartbeat, count_finished=resume)
                 for result in executor.run(todo, driver.run):
                     if result.status == SKIPPED:

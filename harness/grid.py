@@ -21,7 +21,7 @@ from .init import INIT_SCHEMES, distill_init
 from .specs import TrialSpec, capabilities_of, carries_init, check_trial
 from .trial import AUGMENTS, DEFAULT_LR, INITS, OPTIMIZERS, Recipe, Trial
 
-TOP_KEYS = {"name", "seeds", "device", "executor", "trial_timeout", "grid", "eval", "distillers"}
+TOP_KEYS = {"name", "seeds", "device", "executor", "trial_timeout", "checkpoint_every", "grid", "eval", "distillers"}
 AXES = {"distiller", "dataset", "base_dataset", "arch", "ipc", "n"}
 EVAL_KEYS = {"archs", "optimizers", "models", "epochs", "lr", "batch_size", "init", "augment", "momentum", "weight_decay", "test_size",
              "model_init"}
@@ -46,6 +46,7 @@ class Grid:
     trials: list[Trial]
     source: str = ""
     trial_timeout: float | None = None  # seconds per trial (distill + evaluate); not part of trial keys
+    checkpoint_every: float | None = 600.0  # seconds between mid-trial checkpoints (None: off)
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -201,6 +202,7 @@ def build_grid(doc: dict, plugins: Any, default_name: str = "grid", source: str 
     device = check_device(doc.get("device", "auto"), f"{where}: device")
     executor = _scalar(f"{where}: executor", doc.get("executor", "inline"), str)
     plugins.executors.get(executor)
+    every = _scalar(f"{where}: checkpoint_every", doc.get("checkpoint_every", 600.0), float, 0.0) or None
     timeout = doc.get("trial_timeout")
     if timeout is not None:
         timeout = _scalar(f"{where}: trial_timeout", timeout, float)
@@ -264,7 +266,7 @@ def build_grid(doc: dict, plugins: Any, default_name: str = "grid", source: str 
                                 optimizers, lr, common)
             trials.setdefault(trial.key, trial)  # identical trials from overlapping tables run once
     return Grid(name=name, seeds=seeds, device=device, executor=executor, trials=list(trials.values()), source=source,
-                trial_timeout=timeout)
+                trial_timeout=timeout, checkpoint_every=every)
 
 
 def _seeds(where: str, value: Any) -> list[int]:

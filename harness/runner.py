@@ -56,13 +56,23 @@ class TrialContext:
     trial (``timeout`` seconds, None for none) and where curve points go while a trial runs
     (``stream(step, metrics)``, set by the driver)."""
 
-    def __init__(self, data: Any, device: Any, progress: Any = None, timeout: float | None = None):
+    def __init__(self, data: Any, device: Any, progress: Any = None, timeout: float | None = None,
+                 checkpoint_every: float | None = None):
         self.data, self.device = data, device
         self.progress = progress
         self.timeout = timeout
+        self.checkpoint_every = checkpoint_every  # seconds between mid-trial checkpoints; None: none
         self.stream: Any = None
         self.baselines: dict[tuple, Any] = {}
         self.deadline: float | None = None
+
+    def checkpoints(self, trial: Trial) -> Any:
+        """The trial's :class:`harness.checkpoint.Checkpoints` (keyed by its key), or None when off."""
+        if not self.checkpoint_every:
+            return None
+        from .checkpoint import Checkpoints, checkpoint_root
+
+        return Checkpoints(checkpoint_root() / trial.key, every_seconds=self.checkpoint_every)
 
     def check_time(self) -> None:
         """Stop a trial past its limit (called at every logged step and every evaluated model)."""
@@ -109,6 +119,7 @@ def run_trial(bound: BoundTrial, ctx: TrialContext) -> TrialResult:
 def _distill(bound: BoundTrial, ctx: TrialContext, result: TrialResult):
     import torch
 
+    from .checkpoint import ModelCounter
     from .init import distill_init, init_model
     from .measure import Measure
     from .specs import DistillTask
@@ -121,12 +132,12 @@ def _distill(bound: BoundTrial, ctx: TrialContext, result: TrialResult):
     base = ctx.data.get(trial.base_dataset, "train") if trial.base_dataset != trial.dataset else None
     build = bound.builder(trial.arch)
     scheme = distill_init(config)
-    counter = iter(range(1 << 30))
+    counter = ModelCounter()
 
     def make_model() -> torch.nn.Module:
         """A fresh model of the distill arch, initialised with the Config's ``model_init``."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(trial.seed, "distill-model", next(counter)))
+            torch.manual_seed(derive_seed(trial.seed, "distill-model", counter.next()))
             return init_model(build(), scheme).to(ctx.device)
 
     def log(step: int, **metrics: float) -> None:
@@ -147,8 +158,18 @@ def _distill(bound: BoundTrial, ctx: TrialContext, result: TrialResult):
         _total=(ctx.progress.expect_steps if ctx.progress else (lambda total: None)),
     )
     torch.manual_seed(derive_seed(trial.seed, "global"))  # for distillers that use the global RNG
+    checkpoints = ctx.checkpoints(trial)
+    if checkpoints is not None:
+        checkpoints.attach(task, counter)
     with Measure(ctx.device) as measure:
-        dset = cls().distill(task)
+        try:
+            dset = cls().distill(task)
+        except (Exception, SystemExit):
+            if checkpoints is not None:
+                checkpoints.clear()  # a failed trial starts afresh; an interrupted one (Ctrl-C, kill) resumes
+            raise
+    if checkpoints is not None:
+        checkpoints.clear()
     if not hasattr(dset, "check"):
         raise TrialError(f"distiller '{trial.distiller}' returned {type(dset).__name__}, not a DistilledSet")
     dset = dset.detached()

@@ -297,6 +297,8 @@ class DistillTask:
     seed: int = 0
     _log: Callable[..., None] = field(default=lambda step, **m: None, repr=False)
     _total: Callable[[int], None] = field(default=lambda total: None, repr=False)
+    _checkpoint: Callable[[int, Callable[[], dict]], None] = field(default=lambda step, state: None, repr=False)
+    _restore: Callable[[], "tuple[int, dict] | None"] = field(default=lambda: None, repr=False)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -312,6 +314,18 @@ class DistillTask:
 
     def time_left(self) -> float:
         return float("inf") if self.deadline is None else self.deadline - time.monotonic()
+
+    def checkpoint(self, step: int, state: Callable[[], dict]) -> None:
+        """Offer the distiller's state after ``step`` outer steps: ``state()`` returns a nested dict
+        of tensors, numbers and strings (optimiser ``state_dict()``s included) and is called only
+        when the harness saves (:mod:`harness.checkpoint`: every few minutes)."""
+        self._checkpoint(step, state)
+
+    def restore(self) -> "tuple[int, dict] | None":
+        """``(steps done, state)`` of this trial's last checkpoint, or None. Call it after building
+        the initial state and before the loop: it also rewinds ``generator``, torch's global RNG and
+        ``make_model()`` to where they were at the checkpoint, so the run continues exactly."""
+        return self._restore()
 
 
 @dataclass

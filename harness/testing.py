@@ -55,8 +55,14 @@ def tiny_arch(name: str = "tiny-mlp") -> ArchitectureSpec:
 def make_task(distiller: type, ipc: int | None = 2, n: int | None = None, seed: int = 0,
               base: bool = False, **config: Any) -> DistillTask:
     """A :class:`DistillTask` on the tiny dataset (CPU), with ``config`` overriding Config fields."""
+    return _make_task(distiller, ipc, n, seed, base, **config)[0]
+
+
+def _make_task(distiller: type, ipc: int | None = 2, n: int | None = None, seed: int = 0,
+               base: bool = False, **config: Any) -> tuple[DistillTask, Any]:
     import torch
 
+    from .checkpoint import ModelCounter
     from .init import distill_init, init_model
     from .trial import derive_seed
 
@@ -67,20 +73,68 @@ def make_task(distiller: type, ipc: int | None = 2, n: int | None = None, seed: 
         n = ipc * TINY_CLASSES
     else:
         ipc = None
-    counter = iter(range(1 << 30))
+    counter = ModelCounter()
 
     def make_model():
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, "distill-model", next(counter)))
+            torch.manual_seed(derive_seed(seed, "distill-model", counter.next()))
             return init_model(_build_tiny(TINY_SHAPE, TINY_CLASSES), scheme)
 
     torch.manual_seed(derive_seed(seed, "global"))
-    return DistillTask(
+    task = DistillTask(
         x=x, y=y, num_classes=TINY_CLASSES, ipc=ipc, n=n,
         make_model=make_model, config=cfg, device=torch.device("cpu"),
         generator=torch.Generator().manual_seed(derive_seed(seed, "distill")),
         base=_tiny_load("train", None, per_class=10) if base else None, dataset="tiny", seed=seed,
     )
+    return task, counter
+
+
+class _Interrupted(BaseException):
+    """The simulated crash of :func:`check_resume`."""
+
+
+def check_resume(distiller: type, crash_after: int, ipc: int = 2, **config: Any) -> DistilledSet:
+    """Assert that ``distiller`` resumes exactly from a mid-trial checkpoint: run it uninterrupted,
+    then again with a checkpoint after every step and a crash inside its ``crash_after``-th logged
+    step, then resumed from the checkpoint; the two final sets must be identical (CPU). For
+    distillers that use ``task.checkpoint`` / ``task.restore``. Returns the set."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from .checkpoint import Checkpoints
+
+    full = distiller().distill(make_task(distiller, ipc=ipc, **config)).detached()
+    with tempfile.TemporaryDirectory() as tmp:
+        def attached() -> DistillTask:
+            task, counter = _make_task(distiller, ipc=ipc, **config)
+            Checkpoints(Path(tmp) / "trial", every_seconds=None, every_steps=1).attach(task, counter)
+            return task
+
+        task = attached()
+        logged: list[int] = []
+
+        def crash(step: int, **metrics: float) -> None:
+            logged.append(step)
+            if len(logged) == crash_after:
+                raise _Interrupted
+        task._log = crash
+        try:
+            distiller().distill(task)
+        except _Interrupted:
+            pass
+        assert len(logged) == crash_after, f"the distiller logged {len(logged)} steps, fewer than crash_after"
+        resumed_task = attached()
+        assert resumed_task.restore() is not None, "no checkpoint was saved: does distill call task.checkpoint?"
+        resumed = distiller().distill(attached()).detached()
+    for name in ("x", "y", "lrs"):
+        a, b = getattr(full, name), getattr(resumed, name)
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), \
+            f"the resumed run's {name} differs from the uninterrupted run's"
+    assert resumed.meta == full.meta, "the resumed run's meta differs from the uninterrupted run's"
+    return resumed
 
 
 def check_distiller(distiller: type, ipc: int = 2, **config: Any) -> DistilledSet:

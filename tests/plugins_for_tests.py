@@ -90,9 +90,11 @@ class Sleeper:
 
         cfg = task.config
         task.expect_steps(cfg.steps)
-        for step in range(cfg.steps):
+        saved = task.restore()  # it checkpoints too: a resumed trial continues from the saved step
+        for step in range(saved[0] if saved else 0, cfg.steps):
             time.sleep(cfg.seconds)
             task.log(step, loss=1.0 / (step + 1))
+            task.checkpoint(step + 1, lambda: {})
         xs = [task.x[task.y == c].mean(0, keepdim=True).repeat(task.ipc, *[1] * (task.x.dim() - 1))
               for c in range(task.num_classes)]
         y = torch.nn.functional.one_hot(torch.arange(task.num_classes).repeat_interleave(task.ipc), task.num_classes)

@@ -222,3 +222,12 @@ def test_model_init_defaults_to_the_codes_and_is_validated(cls):
     assert cls.Config(model_init="xavier").model_init == "xavier"
     with pytest.raises(ValueError, match="model_init must be one of default, xavier, kaiming"):
         cls.Config(model_init="orthogonal")
+
+
+@pytest.mark.parametrize("cls,config", [(DM, dict(batch_real=8, iterations=5)),
+                                        (DC, dict(SMALL_DC, iterations=5)), (DCWithDSA, dict(SMALL_DC, iterations=5))],
+                         ids=["dm", "dc", "dsa"])
+def test_a_run_resumed_from_a_mid_trial_checkpoint_ends_exactly_as_an_uninterrupted_one(cls, config):
+    from harness.testing import check_resume
+
+    check_resume(cls, crash_after=3, **config)

@@ -475,3 +475,15 @@ def test_cross_dataset_default_is_the_codes_random_draw(cls):
     out = cls().distill(task)
     assert out.meta["base_indices"] == expected.tolist()
     assert torch.equal(out.x, task.base[0][expected])
+
+
+@pytest.mark.parametrize("cls", [LD, LDRR], ids=["ld", "ld-rr"])
+@pytest.mark.parametrize("extra", [{}, {"reset_window": 2}], ids=["plain", "with-resets"])
+def test_a_run_resumed_from_a_mid_trial_checkpoint_ends_exactly_as_an_uninterrupted_one(cls, extra):
+    """Crash mid-run (after a validation epoch; with resets, after a model reset), resume from the
+    checkpoint: the same labels, selection and model lifetimes as the uninterrupted run."""
+    from harness.testing import check_resume
+
+    out = check_resume(cls, crash_after=9, ipc=2, outer_steps=14, target_batch=16, val_every_epochs=1, **extra)
+    assert out.meta["selected"] == "best validation" and len(out.meta["val_history"]) > 1
+    assert (out.meta["model_resets"] > 0) == bool(extra)

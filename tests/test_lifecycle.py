@@ -242,3 +242,27 @@ def test_curve_stream_batches_and_keeps_points_a_failed_send_did_not_deliver():
     for step in range(4, 7):  # recovered: size-based batches again
         stream.add(step, {"loss": 0.1})
     assert stream.sent == 7
+
+
+def test_an_interrupted_trial_resumes_from_its_mid_trial_checkpoint(tmp_path, tracking_uri, tests_plugin_env):
+    """Checkpoints every 0.5 s; Ctrl-C once one exists; the rerun's distillation starts where it was."""
+    grid = write_grid(tmp_path, steps=600, seconds=0.02, extra="checkpoint_every = 0.5")
+    env = {**tests_plugin_env, "HARNESS_CHECKPOINT_DIR": str(tmp_path / "ck")}
+    proc = start_driver(grid, tracking_uri, env, tmp_path)
+    try:
+        wait_for(lambda: list((tmp_path / "ck").glob("*/skeleton.json")), "a mid-trial checkpoint")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert list((tmp_path / "ck").glob("*/skeleton.json"))  # kept for the resume
+    rerun = subprocess.run([sys.executable, "-m", "harness", "bench", str(grid), "--tracking-uri", tracking_uri],
+                           cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    tracker = Tracker(tracking_uri)
+    finished = next(r for r in all_runs(tracking_uri) if r.info.status == "FINISHED"
+                    and r.data.tags["run_kind"] == "trial")
+    steps = [m.step for m in tracker.client.get_metric_history(finished.info.run_id, "distill/loss")]
+    assert steps and min(steps) > 0 and max(steps) == 599  # it continued, it did not start over
+    assert not list((tmp_path / "ck").glob("*/skeleton.json"))  # gone once the trial finished

@@ -345,3 +345,13 @@ def test_budget_that_does_not_split_into_steps_is_rejected_before_compute(tiny_p
     with pytest.raises(ConfigError, match="distiller 'sldd': n=5 synthetic examples cannot be cut into steps=10"):
         _grid(tiny_plugins, n=5)
     assert _grid(tiny_plugins, cfg={"steps": 1}, n=5).trials[0].n == 5
+
+
+@pytest.mark.parametrize("cls", [SLDD, DD], ids=["sldd", "dd"])
+@pytest.mark.parametrize("init", ["random", "fixed"])
+def test_a_run_resumed_from_a_mid_trial_checkpoint_ends_exactly_as_an_uninterrupted_one(cls, init):
+    """Crash in the 3rd of 6 outer steps (with decay and a batch position mid-epoch), resume from the
+    checkpoint after step 2: the final inputs, labels and step sizes are identical."""
+    from harness.testing import check_resume
+
+    check_resume(cls, crash_after=3, outer_steps=6, steps=2, epochs=1, init=init, batch_size=32, decay_every=2)

@@ -24,7 +24,7 @@ import torch
 from harness.specs import DistillTask
 from harness_distillers import sldd as sldd_module
 from harness_distillers.dd import DD
-from harness_distillers.sldd import SLDD, Synthetic, initial_labels, outer_lr_at, raw_lr_init, target_batches
+from harness_distillers.sldd import SLDD, RealBatches, Synthetic, initial_labels, outer_lr_at, raw_lr_init
 from harness_vision.archs import build_lenet
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -106,8 +106,8 @@ def test_initial_labels_step_sizes_and_schedule_are_the_codes(name):
     # the outer lr per step: --decay_epochs 1 with 2 iterations per epoch = decay every 2 outer steps
     assert [outer_lr_at(cfg, k) for k in range(3)] == t["outer_lr"].tolist()
     # the real batches: epoch-wise permutations, last partial batch kept
-    batches = target_batches(s["n_real"], s["batch_size"], torch.Generator())
-    sizes = [len(next(batches)) for _ in range(3)]
+    batches = RealBatches(s["n_real"], s["batch_size"], torch.Generator())
+    sizes = [len(batches.next()) for _ in range(3)]
     assert sizes == [len(t[f"step{k}.real_idx"]) for k in (1, 2, 3)]
     assert set(torch.cat([t["step1.real_idx"], t["step2.real_idx"]]).tolist()) == set(range(s["n_real"]))
 
@@ -156,12 +156,17 @@ def test_distill_matches_the_reference_from_the_recorded_draws(name, monkeypatch
         def init_synthetic(self, task, cfg):  # the recorded synthetic init instead of a fresh draw
             return initial_synthetic(cls, t, cfg)
 
-    def recorded_batches(n_real, batch_size, generator):  # the code's DataLoader order
-        assert (n_real, batch_size) == (s["n_real"], s["batch_size"])
-        for k in (1, 2, 3):
-            yield t[f"step{k}.real_idx"]
+    class RecordedBatches(RealBatches):  # the code's DataLoader order
+        def __init__(self, n_real, batch_size, generator):
+            assert (n_real, batch_size) == (s["n_real"], s["batch_size"])
+            super().__init__(n_real, batch_size, generator)
+            self.k = 0
 
-    monkeypatch.setattr(sldd_module, "target_batches", recorded_batches)
+        def next(self):
+            self.k += 1
+            return t[f"step{self.k}.real_idx"]
+
+    monkeypatch.setattr(sldd_module, "RealBatches", RecordedBatches)
     made = []
 
     def make_model():  # the harness would return an xavier init; the recorded one is one of those

@@ -117,6 +117,23 @@ def image_optimizer(syn: torch.Tensor, lr: float, momentum: float) -> torch.opti
     return torch.optim.SGD([syn], lr=lr, momentum=momentum)
 
 
+def resume_images(task, syn: torch.Tensor, opt: torch.optim.Optimizer) -> int:
+    """Continue from the trial's mid-trial checkpoint, if any: the images and their optimiser as
+    saved by :func:`offer_checkpoint` (the harness rewinds the RNGs). Returns the iterations done."""
+    saved = task.restore()
+    if saved is None:
+        return 0
+    done, state = saved
+    with torch.no_grad():
+        syn.copy_(state["images"])
+    opt.load_state_dict(state["opt"])
+    return done
+
+
+def offer_checkpoint(task, done: int, syn: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+    task.checkpoint(done, lambda: {"images": syn.detach(), "opt": opt.state_dict()})
+
+
 def class_labels(num_classes: int, ipc: int, device) -> torch.Tensor:
     """The class index of every synthetic image (class blocks): ``[0]*ipc + [1]*ipc + ...``."""
     return torch.arange(num_classes, device=device).repeat_interleave(ipc)

@@ -56,8 +56,9 @@ import torch.nn.functional as F
 from harness import DSA, Capabilities, Distiller, TrialError
 
 from .checks import check_int, check_positive
-from .condense import (CondensationConfig, Randomness, class_labels, condensed_set, dsa_for, freeze_batchnorm, has_batchnorm,
-                       image_optimizer, images_per_class, initial_images)
+from .condense import (CondensationConfig, Randomness, class_labels, condensed_set, dsa_for, freeze_batchnorm,
+                       has_batchnorm, image_optimizer, images_per_class, initial_images, offer_checkpoint,
+                       resume_images)
 
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}  # get_loops
 BN_IMAGES_PER_CLASS = 16  # the code's BNSizePC
@@ -151,8 +152,8 @@ class DC(Distiller):
         opt_img = image_optimizer(syn, cfg.lr_img, cfg.momentum)
 
         task.expect_steps(cfg.iterations)
-        done = 0
-        for it in range(cfg.iterations):
+        done = resume_images(task, syn, opt_img)  # 0, or where a mid-trial checkpoint stopped
+        for it in range(done, cfg.iterations):
             if task.time_left() <= 0:
                 break
             net = task.make_model().to(task.device)  # theta <- a fresh network
@@ -160,6 +161,7 @@ class DC(Distiller):
                                   config=cfg, rand=rand, dsa=dsa)
             done = it + 1
             task.log(it, loss=loss)
+            offer_checkpoint(task, done, syn, opt_img)
 
         return condensed_set(syn, ipc, task.num_classes, iterations_done=done, init=cfg.init, dsa=cfg.dsa,
                              outer_loop=outer_loop, inner_loop=inner_loop)

@@ -48,7 +48,7 @@ import torch
 from harness import DSA, Capabilities, Distiller, Features, TrialError
 
 from .condense import (CondensationConfig, Randomness, condensed_set, dsa_for, has_batchnorm, image_optimizer,
-                       images_per_class, initial_images)
+                       images_per_class, initial_images, offer_checkpoint, resume_images)
 
 
 class DM(Distiller):
@@ -99,14 +99,15 @@ class DM(Distiller):
         opt = image_optimizer(syn, cfg.lr_img, cfg.momentum)
 
         task.expect_steps(cfg.iterations)
-        done = 0
-        for it in range(cfg.iterations):
+        done = resume_images(task, syn, opt)  # 0, or where a mid-trial checkpoint stopped
+        for it in range(done, cfg.iterations):
             if task.time_left() <= 0:
                 break
             net = task.make_model().to(task.device)  # psi <- a fresh network, never trained
             loss = self.iteration(net, syn, opt, ipc=ipc, batch_real=cfg.batch_real, rand=rand, dsa=dsa)
             done = it + 1
             task.log(it, loss=loss)
+            offer_checkpoint(task, done, syn, opt)
 
         return condensed_set(syn, ipc, task.num_classes, iterations_done=done, init=cfg.init, dsa=cfg.dsa)
 

@@ -84,9 +84,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from .ld_common import (
     MODEL_OPTIMIZERS,
-    PlateauReset,
-    TargetBatches,
     LabelDistillationConfig,
+    PlateauReset,
+    Progress,
+    TargetBatches,
     ValidationSelect,
     check_positive,
     classification_error,
@@ -230,6 +231,26 @@ class LD(Distiller):
         opt = torch.optim.Adam(model.parameters(), lr=cfg.model_lr) if cfg.model_optimizer == "adam" else None
         return model, opt
 
+    @staticmethod
+    def state(state: LDState, progress: Progress) -> dict:
+        """What a mid-trial checkpoint holds (the harness adds its RNGs and model count)."""
+        return {"labels": state.labels.detach(), "label_opt": state.label_opt.state_dict(),
+                "model": state.model.state_dict(),
+                "model_opt": None if state.model_opt is None else state.model_opt.state_dict(),
+                "progress": progress.state_dict()}
+
+    @staticmethod
+    def load_state(state: LDState, progress: Progress, saved: dict) -> None:
+        import torch
+
+        with torch.no_grad():
+            state.labels.copy_(saved["labels"])
+        state.label_opt.load_state_dict(saved["label_opt"])
+        state.model.load_state_dict(saved["model"])
+        if state.model_opt is not None:
+            state.model_opt.load_state_dict(saved["model_opt"])
+        progress.load_state_dict(saved["progress"])
+
     def distill(self, task: Any) -> DistilledSet:
         cfg = task.config
         base = select_base(task, cfg.cross_balanced)  # first draw from task.generator: shared with LD-base, LD-RR
@@ -238,17 +259,23 @@ class LD(Distiller):
         base_batch = cfg.base_batch or paper_base_batch(n)
         window = cfg.reset_window or paper_reset_window(n, task.num_classes)
         targets = TargetBatches(split.target, cfg.target_batch, cfg.target_sampling, task.generator)
-        select = None
+        select, vgen = None, None
         if cfg.select_best:
             val = split.val.to(device)
+            vgen = validation_generator(task)
             select = ValidationSelect(fit_error_ld(task, base.x, base_batch, cfg.model_lr, task.x[val], task.y[val],
-                                                   validation_generator(task)), cfg.val_every_epochs)
+                                                   vgen), cfg.val_every_epochs)
         state = self.new_state(task, n)
         plateau = PlateauReset(window)
+        progress = Progress(targets, plateau, select, vgen)
 
         task.expect_steps(cfg.outer_steps)
         done = 0
-        for step in range(cfg.outer_steps):
+        saved = task.restore()  # a mid-trial checkpoint: continue where it stopped
+        if saved is not None:
+            done, snapshot = saved
+            self.load_state(state, progress, snapshot)
+        for step in range(done, cfg.outer_steps):
             if task.time_left() <= 0:
                 break
             ti, epoch_end = targets.next()
@@ -261,6 +288,7 @@ class LD(Distiller):
                 select.after_epoch(targets.epoch, step, state.labels, plateau)
             done = step + 1
             task.log(step, **m, resets=len(plateau.lifetimes))
+            task.checkpoint(done, lambda: self.state(state, progress))
 
         labels, chosen = (select.result(state.labels, plateau) if select is not None else
                           (state.labels.detach().clone(), {"selected": "last", "test_steps": plateau.model_lifetime()}))

@@ -217,6 +217,12 @@ class TargetBatches:
             return idx, True
         return idx, False
 
+    def state_dict(self) -> dict:
+        return {"pos": self.pos, "epoch": self.epoch, "order": self.order}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pos, self.epoch, self.order = int(state["pos"]), int(state["epoch"]), state["order"]
+
 
 def paper_base_batch(n: int) -> int:
     """The code's base (inner) minibatch size for n base examples: half of them, within [10, 50]
@@ -286,6 +292,15 @@ class PlateauReset:
             return True
         return False
 
+    def state_dict(self) -> dict:
+        return {"errors": list(self.errors), "steps": self.steps, "lowest": self.lowest,
+                "since_lowest": self.since_lowest, "lifetimes": list(self.lifetimes)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.errors = deque(float(e) for e in state["errors"])
+        self.steps, self.lowest = int(state["steps"]), float(state["lowest"])
+        self.since_lowest, self.lifetimes = int(state["since_lowest"]), [int(v) for v in state["lifetimes"]]
+
     def model_lifetime(self) -> int:
         """The number of training steps the code gives a fresh model (validation and test): the
         current model's age if it was never reset, else int(mean of the last 3 lifetimes) (lines 391-394)."""
@@ -319,12 +334,45 @@ class ValidationSelect:
         if err <= self.best_err:
             self.best, self.best_err, self.best_steps, self.best_step = labels.detach().clone(), err, steps, step
 
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_err": self.best_err, "best_steps": self.best_steps,
+                "best_step": self.best_step, "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_err = state["best"], float(state["best_err"])
+        self.best_steps, self.best_step, self.history = int(state["best_steps"]), int(state["best_step"]), state["history"]
+
     def result(self, labels: "torch.Tensor", plateau: PlateauReset) -> tuple["torch.Tensor", dict]:
         if self.best is None:  # no validation ran (budget shorter than every_epochs epochs)
             return labels.detach().clone(), {"selected": "last (no validation ran)", "val_history": self.history,
                                              "test_steps": plateau.model_lifetime()}
         return self.best, {"selected": "best validation", "selected_step": self.best_step,
                            "val_err": self.best_err, "val_history": self.history, "test_steps": self.best_steps}
+
+
+@dataclass
+class Progress:
+    """The bookkeeping of an LD / LD-RR run besides the learned state: target batches, the reset
+    rule, the label selection and the validation models' generator. Its ``state_dict`` is what a
+    mid-trial checkpoint needs of it."""
+
+    targets: TargetBatches
+    plateau: PlateauReset
+    select: ValidationSelect | None
+    val_generator: "torch.Generator | None"
+
+    def state_dict(self) -> dict:
+        return {"targets": self.targets.state_dict(), "plateau": self.plateau.state_dict(),
+                "select": None if self.select is None else self.select.state_dict(),
+                "val_generator": None if self.val_generator is None else self.val_generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.targets.load_state_dict(state["targets"])
+        self.plateau.load_state_dict(state["plateau"])
+        if self.select is not None:
+            self.select.load_state_dict(state["select"])
+        if self.val_generator is not None:
+            self.val_generator.set_state(state["val_generator"])
 
 
 def validation_generator(task: Any) -> "torch.Generator":

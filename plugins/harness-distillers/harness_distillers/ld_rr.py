@@ -69,9 +69,10 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 from harness import Capabilities, Distiller, DistilledSet, Features
 
 from .ld_common import (
-    PlateauReset,
-    TargetBatches,
     LabelDistillationConfig,
+    PlateauReset,
+    Progress,
+    TargetBatches,
     ValidationSelect,
     check_positive,
     classification_error,
@@ -261,6 +262,30 @@ class LDRR(Distiller):
             if self.ridge_form not in RIDGE_FORMS:
                 raise ValueError(f"{where}.ridge_form must be one of {RIDGE_FORMS}, got {self.ridge_form!r}")
 
+    @staticmethod
+    def state(state: RRState, progress: Progress) -> dict:
+        """What a mid-trial checkpoint holds (the harness adds its RNGs and model count)."""
+        m = state.model
+        return {"labels": state.labels.detach(), "label_opt": state.label_opt.state_dict(),
+                "model": m.features.model.state_dict(), "scale": m.scale.detach(), "w_global": m.w_global,
+                "feat_opt": m.feat_opt.state_dict(), "scale_opt": m.scale_opt.state_dict(),
+                "progress": progress.state_dict()}
+
+    @staticmethod
+    def load_state(state: RRState, progress: Progress, saved: dict) -> None:
+        import torch
+
+        m = state.model
+        with torch.no_grad():
+            state.labels.copy_(saved["labels"])
+            m.scale.copy_(saved["scale"])
+        state.label_opt.load_state_dict(saved["label_opt"])
+        m.features.model.load_state_dict(saved["model"])
+        m.w_global = saved["w_global"].to(m.w_global.device, m.w_global.dtype)
+        m.feat_opt.load_state_dict(saved["feat_opt"])
+        m.scale_opt.load_state_dict(saved["scale_opt"])
+        progress.load_state_dict(saved["progress"])
+
     def distill(self, task: Any) -> DistilledSet:
         import torch
 
@@ -272,19 +297,25 @@ class LDRR(Distiller):
         base_batch = cfg.base_batch or paper_base_batch(n)
         window = cfg.reset_window or paper_reset_window(n, num_classes)
         targets = TargetBatches(split.target, cfg.target_batch, cfg.target_sampling, task.generator)
-        select = None
+        select, vgen = None, None
         if cfg.select_best:
             val = split.val.to(device)
-            select = ValidationSelect(fit_error_rr(task, base.x, base_batch, cfg, task.x[val], task.y[val],
-                                                   validation_generator(task)), cfg.val_every_epochs)
+            vgen = validation_generator(task)
+            select = ValidationSelect(fit_error_rr(task, base.x, base_batch, cfg, task.x[val], task.y[val], vgen),
+                                      cfg.val_every_epochs)
         labels = uniform_labels(n, num_classes, device, task.x.dtype)
         state = RRState(labels, torch.optim.Adam([labels], lr=cfg.label_lr),
                         fresh_rr_model(first, cfg, num_classes, device, task.x.dtype))
         plateau = PlateauReset(window)
+        progress = Progress(targets, plateau, select, vgen)
 
         task.expect_steps(cfg.outer_steps)
         done = 0
-        for step in range(cfg.outer_steps):
+        saved = task.restore()  # a mid-trial checkpoint: continue where it stopped
+        if saved is not None:
+            done, snapshot = saved
+            self.load_state(state, progress, snapshot)
+        for step in range(done, cfg.outer_steps):
             if task.time_left() <= 0:
                 break
             ti, epoch_end = targets.next()
@@ -297,6 +328,7 @@ class LDRR(Distiller):
                 select.after_epoch(targets.epoch, step, state.labels, plateau)
             done = step + 1
             task.log(step, **m, resets=len(plateau.lifetimes))
+            task.checkpoint(done, lambda: self.state(state, progress))
 
         labels, chosen = (select.result(state.labels, plateau) if select is not None else
                           (state.labels.detach().clone(), {"selected": "last", "test_steps": plateau.model_lifetime()}))

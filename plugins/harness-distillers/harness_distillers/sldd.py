@@ -254,14 +254,28 @@ class FixedLabels:
 # -- the real data ---------------------------------------------------------------------------------
 
 
-def target_batches(n_real: int, batch_size: int, generator: torch.Generator):
+class RealBatches:
     """Index batches of the real data, epoch after epoch, each epoch a fresh permutation
-    (the code's shuffled DataLoader; the last, partial batch of an epoch is kept)."""
-    batch_size = min(batch_size, n_real)
-    while True:
-        order = torch.randperm(n_real, generator=generator)
-        for i in range(0, n_real, batch_size):
-            yield order[i : i + batch_size]
+    (the code's shuffled DataLoader; the last, partial batch of an epoch is kept). Its position is
+    part of a checkpoint (``state_dict``), so a resumed run sees the batches an uninterrupted one would."""
+
+    def __init__(self, n_real: int, batch_size: int, generator: torch.Generator):
+        self.n, self.batch, self.generator = n_real, min(batch_size, n_real), generator
+        self.order: torch.Tensor | None = None
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        if self.order is None or self.pos >= self.n:
+            self.order, self.pos = torch.randperm(self.n, generator=self.generator), 0
+        idx = self.order[self.pos : self.pos + self.batch]
+        self.pos += self.batch
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"order": self.order, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order, self.pos = state["order"], int(state["pos"])
 
 
 # -- what is learned -------------------------------------------------------------------------------
@@ -388,6 +402,21 @@ class SLDD(Distiller):
         syn.labels.after_step()
         return loss.item()
 
+    @staticmethod
+    def state(syn: Synthetic, batches: RealBatches, loss: float) -> dict:
+        """What a checkpoint holds besides the harness's RNGs: the learned tensors, their Adam, the
+        position in the real data and the last loss."""
+        return {"learned": [p.detach() for p in syn.learned], "opt": syn.opt.state_dict(),
+                "batches": batches.state_dict(), "loss": loss}
+
+    @staticmethod
+    def load_state(syn: Synthetic, batches: RealBatches, state: dict) -> None:
+        with torch.no_grad():
+            for p, saved in zip(syn.learned, state["learned"]):
+                p.copy_(saved)
+        syn.opt.load_state_dict(state["opt"])
+        batches.load_state_dict(state["batches"])
+
     def distill(self, task) -> DistilledSet:
         cfg = task.config
         self.check_task(task, cfg)
@@ -399,19 +428,25 @@ class SLDD(Distiller):
             fixed = task.make_model().to(device)
             init_state = {k: v.detach().cpu().clone() for k, v in fixed.state_dict().items()}
 
-        batches = target_batches(len(task.x), cfg.batch_size, task.generator)
+        batches = RealBatches(len(task.x), cfg.batch_size, task.generator)
         task.expect_steps(cfg.outer_steps)
         done, loss = 0, None
-        for step in range(cfg.outer_steps):
+        saved = task.restore()  # a mid-trial checkpoint: continue where it stopped
+        if saved is not None:
+            done, state = saved
+            self.load_state(syn, batches, state)
+            loss = state["loss"]
+        for step in range(done, cfg.outer_steps):
             if task.time_left() <= 0:
                 break
             net = fixed if fixed is not None else task.make_model().to(device)  # theta_0
-            idx = next(batches).to(task.x.device)  # the next real minibatch
+            idx = batches.next().to(task.x.device)  # the next real minibatch
             xr, yr = task.x[idx].to(device), task.y[idx].to(device)
             lr = outer_lr_at(cfg, step)
             loss = self.outer_step(syn, net, xr, yr, lr, cfg.steps, step)
             done = step + 1
             task.log(step, loss=loss, lr_mean=syn.lrs().mean().item(), outer_lr=lr)
+            task.checkpoint(done, lambda: self.state(syn, batches, loss))
 
         meta = {"steps": cfg.steps, "epochs": cfg.epochs, "init": cfg.init, "outer_steps_done": done,
                 "final_loss": loss, "decay_every": decay_interval(cfg), **self.meta(cfg)}
