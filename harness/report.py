@@ -19,7 +19,8 @@ PER_RECIPE = re.compile(r"^acc_mean/(.+)$")
 
 def runs_frame(tracker: Any, experiment: str, keys: set[str] | None = None) -> Any:
     """One row per trial as a grid defines it (its ``grid_key``; runs from before data fingerprints
-    have only a trial key, which is their grid key): its newest FINISHED run, else its newest run,
+    have only a trial key, which is their grid key): its newest FINISHED run, else its newest FAILED
+    one (RUNNING and KILLED runs are trials not done, never counted),
     so a rerun on corrected data replaces the old row. With ``keys`` (a grid's grid keys), only
     those trials: runs of an earlier version of the grid are left out."""
     import pandas as pd
@@ -30,6 +31,8 @@ def runs_frame(tracker: Any, experiment: str, keys: set[str] | None = None) -> A
                            f"run `harness bench` first or pass --experiment/--tracking-uri")
     chosen: dict[str, Any] = {}
     for run in tracker.trial_runs(exp_id):  # newest first
+        if run.info.status not in ("FINISHED", "FAILED"):  # RUNNING or KILLED: a trial not done, not a result
+            continue
         key = run.data.tags.get(GRID_KEY) or run.data.tags.get(TRIAL_KEY)
         if keys is not None and key not in keys:
             continue

@@ -94,6 +94,9 @@ def test_an_interrupted_driver_ends_its_runs_killed_and_says_how_to_resume(tmp_p
     runs = all_runs(tracking_uri)
     assert {r.data.tags["run_kind"]: r.info.status for r in runs} == {"trial": "KILLED", "bench": "KILLED"}
     assert all(r.info.end_time for r in runs)
+    from harness.report import runs_frame
+
+    assert len(runs_frame(Tracker(tracking_uri), "life")) == 0  # an interrupted trial is no result
 
 
 def test_a_driver_killed_hard_leaves_runs_the_next_bench_marks_killed_and_reruns(tmp_path, tracking_uri,
