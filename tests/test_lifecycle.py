@@ -269,3 +269,58 @@ def test_an_interrupted_trial_resumes_from_its_mid_trial_checkpoint(tmp_path, tr
     steps = [m.step for m in tracker.client.get_metric_history(finished.info.run_id, "distill/loss")]
     assert steps and min(steps) > 0 and max(steps) == 599  # it continued, it did not start over
     assert not list((tmp_path / "ck").glob("*/skeleton.json"))  # gone once the trial finished
+
+
+SLOW_LOGGING = '''\
+import os
+import pathlib
+
+if os.environ.get("HARNESS_TEST_SLOW_LOGGING"):  # fault injection for tests/test_lifecycle.py only
+    import time
+
+    import harness.tracking as tracking
+
+    def _slow_finish(self, *args, **kwargs):
+        pathlib.Path(os.environ["HARNESS_TEST_SLOW_LOGGING"]).touch()
+        time.sleep(3600)
+
+    tracking.Tracker.finish_trial = _slow_finish
+'''
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("point", ["between-trials", "inside-logging"])
+def test_a_driver_stopped_anywhere_loses_nothing_and_the_rerun_counts_each_trial_once(
+        tmp_path, tracking_uri, tests_plugin_env, sig, point):
+    grid = write_grid(tmp_path, steps=50, seconds=0.02, seeds=[0, 1])
+    env = dict(tests_plugin_env)
+    marker = tmp_path / "logging-started"
+    if point == "inside-logging":  # a sitecustomize that makes the first trial's logging hang
+        hooks = tmp_path / "hooks"
+        hooks.mkdir()
+        (hooks / "sitecustomize.py").write_text(SLOW_LOGGING)
+        env.update(PYTHONPATH=os.pathsep.join([str(hooks), env["PYTHONPATH"]]), HARNESS_TEST_SLOW_LOGGING=str(marker))
+    proc = start_driver(grid, tracking_uri, env, tmp_path)
+    try:
+        if point == "inside-logging":
+            wait_for(marker.exists, "the first trial's logging to start")
+        else:
+            wait_for(lambda: any(r.info.status == "FINISHED" for r in all_runs(tracking_uri)
+                                 if r.data.tags.get("run_kind") == "trial"), "the first trial to finish")
+        proc.send_signal(sig)
+        proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    finished_before = {r.data.tags["trial_key"] for r in all_runs(tracking_uri) if r.info.status == "FINISHED"}
+    rerun = subprocess.run([sys.executable, "-m", "harness", "bench", str(grid), "--tracking-uri", tracking_uri],
+                           cwd=tmp_path, env={**os.environ, **tests_plugin_env}, capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"2 trials, {len(finished_before)} already finished" in rerun.stdout  # nothing finished is recomputed
+    runs = all_runs(tracking_uri)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    finished = [r.data.tags["trial_key"] for r in runs if r.info.status == "FINISHED" and r.data.tags["run_kind"] == "trial"]
+    assert len(finished) == len(set(finished)) == 2
+    from harness.report import runs_frame
+
+    assert len(runs_frame(Tracker(tracking_uri), "life")) == 2
