@@ -85,11 +85,15 @@ class Driver:
             else:
                 self.tracker.finish_trial(result.run_id, result, result.curves_sent)
         except Exception as exc:
-            entry = spool.spool(self.tracker.uri, self.experiment, self.parent_id, self.cfg_fields, result)
-            cause = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise HarnessError(f"tracking store {self.tracker.uri} failed while logging trial {result.trial.label} "
-                               f"({type(exc).__name__}: {cause}); its results are kept in {entry} and logged by "
-                               f"the next `harness bench` or `harness sync`") from None
+            cause = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+            where = f"tracking store {self.tracker.uri} failed while logging trial {result.trial.label} ({cause})"
+            try:
+                entry = spool.spool(self.tracker.uri, self.experiment, self.parent_id, self.cfg_fields, result)
+            except OSError as spool_exc:  # e.g. the same full disk
+                raise HarnessError(f"{where}, and keeping its results failed too ({spool_exc.strerror}: "
+                                   f"{spool_exc.filename}); the trial runs again on the next bench") from None
+            raise HarnessError(f"{where}; its results are kept in {entry} and logged by the next `harness bench` "
+                               f"or `harness sync`") from None
         except BaseException:
             if result.run_id is not None:
                 self._end(result.run_id, "KILLED")  # interrupted while logging: rerun, never half-FINISHED

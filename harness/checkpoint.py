@@ -90,6 +90,7 @@ class Checkpoints:
         self.every_seconds, self.every_steps = every_seconds, every_steps
         self._last = time.monotonic()
         self.saved = 0
+        self.failures = 0  # saves that failed (the trial went on without them)
 
     def due(self, step: int) -> bool:
         if self.every_steps and step % self.every_steps == 0:
@@ -132,8 +133,12 @@ class Checkpoints:
 
         def checkpoint(step: int, state_fn: Callable[[], dict]) -> None:
             if self.due(step):
-                self.save(step, state_fn(), {"generator": task.generator.get_state(),
-                                             "torch_rng": torch.get_rng_state(), "models_built": counter.count})
+                try:
+                    self.save(step, state_fn(), {"generator": task.generator.get_state(),
+                                                 "torch_rng": torch.get_rng_state(), "models_built": counter.count})
+                except OSError:  # a full or read-only disk: the trial goes on, only less resumable
+                    self.failures += 1
+                    self._last = time.monotonic()
 
         def restore() -> tuple[int, dict] | None:
             saved = self.load()

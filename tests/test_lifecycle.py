@@ -324,3 +324,17 @@ def test_a_driver_stopped_anywhere_loses_nothing_and_the_rerun_counts_each_trial
     from harness.report import runs_frame
 
     assert len(runs_frame(Tracker(tracking_uri), "life")) == 2
+
+
+def test_a_checkpoint_that_cannot_be_written_does_not_fail_the_trial(tmp_path):
+    from harness.checkpoint import Checkpoints
+    from harness.testing import _make_task
+    from harness_distillers.sldd import SLDD
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the checkpoint folder would go")
+    task, counter = _make_task(SLDD, ipc=1, outer_steps=2, steps=1, epochs=1)
+    checkpoints = Checkpoints(blocker / "trial", every_seconds=None, every_steps=1)
+    checkpoints.attach(task, counter)
+    out = SLDD().distill(task)
+    assert out.meta["outer_steps_done"] == 2 and checkpoints.failures == 2 and checkpoints.saved == 0
