@@ -4,6 +4,7 @@ on small files generated in each archive's native format, read back through the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import subprocess
@@ -262,6 +263,22 @@ def decoded(name: str, split: str, data_dir: Path) -> tuple[list[str], list[int]
 @pytest.fixture
 def offline(monkeypatch):
     monkeypatch.setenv("HARNESS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _tiny_files_have_their_own_sizes(monkeypatch):
+    """The format tests below write a few lines per split: the catalogue's real sizes do not apply
+    (the rotten-tomatoes tests read the real corpus and keep the check)."""
+    for name in ("imdb", "sst5", "trec6"):
+        monkeypatch.setitem(datasets.BY_NAME, name, dataclasses.replace(datasets.BY_NAME[name], sizes=None))
+
+
+def test_a_catalogued_text_dataset_of_the_wrong_size_names_the_file(tmp_path, offline, monkeypatch):
+    monkeypatch.setitem(datasets.BY_NAME, "trec6", dataclasses.replace(datasets.BY_NAME["trec6"], sizes=(5_452, 500)))
+    write_trec(tmp_path / "trec6")
+    with pytest.raises(DatasetUnavailableError, match=r"its test split has 2 examples, expected 500: .*trec6/"
+                                                       r"TREC_10.label is not the original"):
+        datasets.load("trec6", "glove50", "test", tmp_path)
 
 
 def test_imdb_reads_an_extracted_folder(tmp_path, offline):

@@ -88,12 +88,12 @@ class TextDataset:
     name: str
     classes: tuple[str, ...]
     max_len: int
-    sizes: tuple[int, int]  # train, test
+    sizes: tuple[int, int] | None  # train, test: a split of another size is a wrong file (None: not checked)
     source: str
 
     def description(self, embedding: str) -> str:
-        train, test = self.sizes
-        return f"{self.source}: {train:,} train / {test:,} test, L={self.max_len}, {embedding}"
+        sizes = "" if self.sizes is None else f"{self.sizes[0]:,} train / {self.sizes[1]:,} test, "
+        return f"{self.source}: {sizes}L={self.max_len}, {embedding}"
 
 
 CATALOGUE: tuple[TextDataset, ...] = (
@@ -124,9 +124,23 @@ def load(name: str, embedding: str, split: str, data_dir: Path | None) -> tuple[
     data_dir = Path(data_dir).expanduser()
     registered = name + embeddings.EMBEDDINGS[embedding].suffix
     texts, labels = READERS[name](data_dir)[split]
+    check_size(name, split, len(labels), data_dir)
     source = embeddings.locate(embedding, data_dir, registered)
     ids = _ids(name, embedding, source, split, str(data_dir))
     return torch.from_numpy(ids.copy()), torch.tensor(labels, dtype=torch.int64)
+
+
+def check_size(name: str, split: str, n: int, data_dir: Path) -> None:
+    """A catalogued dataset has a known size per split: any other means a wrong file, named here."""
+    sizes = BY_NAME[name].sizes
+    expected = None if sizes is None else sizes[0 if split == "train" else 1]
+    if expected is None or n == expected:
+        return
+    files = {"rotten-tomatoes": lambda: rotten_tomatoes_file(data_dir), "imdb": lambda: imdb_folder(data_dir),
+             "sst5": lambda: sst_folder(data_dir) / f"{split}.txt", "trec6": lambda: trec_file(data_dir, split)}
+    where = files[name]()
+    raise unavailable(name, where, f"its {split} split has {n:,} examples, expected {expected:,}: {where} is not "
+                                   f"the original; delete it so it is fetched again, or put the original there")
 
 
 @functools.lru_cache(maxsize=None)
