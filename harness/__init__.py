@@ -15,7 +15,7 @@ from .errors import ConfigError, DatasetUnavailableError, HarnessError, TrialErr
 from .hookspecs import hookimpl
 from .init import INIT_SCHEMES, check_init_scheme, init_model
 from .specs import (ArchitectureSpec, Capabilities, DataContext, DatasetSpec, DistilledSet, Distiller,
-                    DistillerProtocol, DistillTask, TrialSpec)
+                    DistillerProtocol, DistillTask, LazyDistiller, TrialSpec)
 
 __version__ = "0.1.0"
 
@@ -58,6 +58,7 @@ __all__ = [
     "DistillerProtocol",
     "HarnessError",
     "INIT_SCHEMES",
+    "LazyDistiller",
     "TrialError",
     "TrialSpec",
     "check_init_scheme",

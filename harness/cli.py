@@ -131,8 +131,9 @@ def ls_command(kind, pattern) -> None:
         click.echo(f"no {kind} match '{pattern}'" if pattern else f"no {kind} registered", err=True)
         sys.exit(1)
     width = max(len(n) for n in names)
+    registered = {name: (item, source) for name, item, source in registry.items()}  # lists without importing
     for name in names:
-        item = registry.get(name)
+        item, source = registered[name]
         extra = ""
         if kind == "datasets":
             extra = f" [{item.modality}, {item.num_classes} classes, {'x'.join(map(str, item.input_shape))}]"
@@ -141,7 +142,7 @@ def ls_command(kind, pattern) -> None:
         elif kind == "distillers":
             caps = [k for k, v in vars(capabilities_of(item)).items() if v]
             extra = f" [{', '.join(caps)}]" if caps else ""
-        click.echo(f"{name:<{width}}  {describe(item)}{extra}  ({registry.source(name)})")
+        click.echo(f"{name:<{width}}  {describe(item)}{extra}  ({source})")
 
 
 @cli.command()

@@ -25,7 +25,7 @@ import pluggy
 from . import hookspecs
 from .errors import DuplicateNameError, SpecError
 from .registry import Registry
-from .specs import ArchitectureSpec, DatasetSpec, check_name, validate_distiller_class
+from .specs import ArchitectureSpec, DatasetSpec, LazyDistiller, check_name, validate_distiller_class
 
 ENTRY_POINT_GROUP = "harness"
 CORE_DISTRIBUTION = "distill-harness"
@@ -69,9 +69,14 @@ _VALIDATORS: dict[str, tuple[str, Callable[[Any], Any]]] = {
         "architecture",
         lambda s: s if isinstance(s, ArchitectureSpec) else _wrong_type(s, ArchitectureSpec),
     ),
-    "distillers": ("distiller", validate_distiller_class),
+    "distillers": ("distiller", lambda d: d if isinstance(d, LazyDistiller) else validate_distiller_class(d)),
     "executors": ("executor", _check_executor),
 }
+
+
+def _resolve_distiller(item: Any) -> Any:
+    """A distiller registered by path is imported when first used (a SpecError line if broken)."""
+    return item.load() if isinstance(item, LazyDistiller) else item
 
 
 def _wrong_type(obj: Any, expected: type) -> Any:
@@ -87,7 +92,7 @@ class Plugins:
         self._registries = {
             "datasets": Registry("dataset"),
             "architectures": Registry("architecture"),
-            "distillers": Registry("distiller"),
+            "distillers": Registry("distiller", _resolve_distiller),
             "executors": Registry("executor"),
         }
         self._collected = False

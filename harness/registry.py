@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from typing import Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from .errors import DuplicateNameError, UnknownNameError
 
@@ -18,10 +18,12 @@ class Registry(Generic[T]):
     name as conflicting: looking it up then fails too, rather than silently picking one plugin.
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, resolve: Callable[[Any], T] | None = None):
         self.kind = kind
         self._items: dict[str, tuple[T, str]] = {}
         self._conflicts: dict[str, list[str]] = {}
+        # items registered by reference (e.g. a LazyDistiller) become the real item on first get()
+        self._resolve = resolve
 
     def register(self, name: str, item: T, source: str) -> None:
         if name in self._items or name in self._conflicts:
@@ -41,9 +43,15 @@ class Registry(Generic[T]):
                 f"uninstall one, or choose plugins with HARNESS_PLUGINS"
             )
         try:
-            return self._items[name][0]
+            item, source = self._items[name]
         except KeyError:
             raise UnknownNameError(self.unknown_message(name)) from None
+        if self._resolve is not None:
+            resolved = self._resolve(item)
+            if resolved is not item:
+                self._items[name] = (resolved, source)
+            return resolved
+        return item
 
     def unknown_message(self, name: object) -> str:
         hint = self.suggest(str(name))
@@ -56,7 +64,9 @@ class Registry(Generic[T]):
         return matches[0] if matches else None
 
     def source(self, name: str) -> str:
-        self.get(name)
+        """The distribution that registered ``name`` (without importing a by-reference item)."""
+        if name not in self._items:
+            self.get(name)  # raises the unknown/conflict error
         return self._items[name][1]
 
     def names(self, pattern: str | None = None) -> list[str]:
@@ -67,6 +77,7 @@ class Registry(Generic[T]):
         return names
 
     def items(self) -> Iterator[tuple[str, T, str]]:
+        """(name, item as registered, source): by-reference items are not resolved here."""
         for name in sorted(self._items):
             item, source = self._items[name]
             yield name, item, source

@@ -222,6 +222,41 @@ class Distiller:
         raise NotImplementedError(f"distiller '{getattr(self, 'name', type(self).__name__)}' implements no distill(task)")
 
 
+@dataclass(frozen=True)
+class LazyDistiller:
+    """A distiller registered by import path, so listing it (``harness ls``, ``harness plugins``)
+    imports nothing (no torch): ``register(LazyDistiller("sldd", "harness_distillers.sldd:SLDD",
+    description, capabilities))``. The class is imported on first use and must match what is
+    declared here (name and capabilities); the description is what ``harness ls`` shows."""
+
+    name: str
+    path: str  # "package.module:Class"
+    description: str = ""
+    capabilities: Capabilities = field(default_factory=Capabilities)
+
+    def __post_init__(self) -> None:
+        check_name("distiller", self.name)
+        if not isinstance(self.path, str) or self.path.count(":") != 1:
+            raise SpecError(f"distiller '{self.name}': path must be 'package.module:Class', got {self.path!r}")
+        if not isinstance(self.capabilities, Capabilities):
+            raise SpecError(f"distiller '{self.name}': capabilities must be a harness.Capabilities")
+
+    def load(self) -> type:
+        """Import and validate the class; a SpecError (one line) if it is missing or differs."""
+        import importlib
+
+        module, attr = self.path.split(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (Exception, SystemExit) as exc:
+            raise SpecError(f"distiller '{self.name}': cannot import {self.path}: {type(exc).__name__}: {exc}") from None
+        validate_distiller_class(cls)
+        if cls.name != self.name or capabilities_of(cls) != self.capabilities:
+            raise SpecError(f"distiller '{self.name}': {self.path} is registered as '{cls.name}' with "
+                            f"{capabilities_of(cls)}, not as declared ({self.capabilities})")
+        return cls
+
+
 def capabilities_of(distiller: type) -> Capabilities:
     return getattr(distiller, "capabilities", None) or Capabilities()
 

@@ -142,6 +142,39 @@ def test_dm_with_its_default_dsa_on_text_fails_at_validate(tiny_plugins):
 
 def test_every_builtin_distiller_subclasses_the_base_class():
     plugins = load_plugins()
-    builtins = [cls for _, cls, src in plugins.distillers.items() if src == "harness-distillers"]
+    names = [name for name, _, src in plugins.distillers.items() if src == "harness-distillers"]
+    builtins = [plugins.distillers.get(name) for name in names]
     assert len(builtins) == 10 and all(issubclass(cls, Distiller) for cls in builtins)
     assert all(isinstance(cls(), harness.DistillerProtocol) for cls in builtins)
+
+
+# -- distillers registered by import path ---------------------------------------------------------
+def test_builtin_distillers_are_listed_without_importing_them_and_declare_what_their_classes_say():
+    from harness_distillers.plugin import DISTILLERS
+
+    from harness.specs import describe
+
+    for ref in DISTILLERS:  # the declaration ls shows is the class's own (load() checks name and capabilities)
+        assert isinstance(ref, harness.LazyDistiller) and describe(ref.load()) == ref.description, ref.name
+    code = ("import sys; from click.testing import CliRunner; from harness.cli import cli; "
+            "out = CliRunner().invoke(cli, ['ls', 'distillers']); "
+            "print(out.exit_code, 'sldd' in out.output, 'torch' in sys.modules)")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.split() == ["0", "True", "False"], proc.stdout + proc.stderr
+
+
+def test_a_lazy_distiller_that_does_not_match_its_class_is_one_clear_error(tiny_plugins):
+    from harness.errors import SpecError
+
+    bad_path = harness.LazyDistiller("ghost", "harness_distillers.nope:Ghost", "missing")
+    with pytest.raises(SpecError, match=r"distiller 'ghost': cannot import harness_distillers.nope:Ghost: "
+                                        r"ModuleNotFoundError"):
+        bad_path.load()
+    wrong_caps = harness.LazyDistiller("sldd", "harness_distillers.sldd:SLDD", "x", Capabilities())
+    with pytest.raises(SpecError, match=r"registered as 'sldd' with .*not as declared"):
+        wrong_caps.load()
+    with pytest.raises(SpecError, match="path must be 'package.module:Class'"):
+        harness.LazyDistiller("odd", "no_colon_here")
