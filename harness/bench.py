@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 from .grid import Grid
 
 
@@ -52,9 +52,8 @@ class Driver:
             if run_id is not None:
                 self._end(run_id, "KILLED")
             if isinstance(exc, Exception):  # nothing computed yet: nothing to keep, one line
-                cause = (str(exc).strip().splitlines() or [""])[0][:300]
                 raise HarnessError(f"tracking store {self.tracker.uri} failed before trial {trial.label} started "
-                                   f"({type(exc).__name__}: {cause}); rerun the same command to resume") from None
+                                   f"({one_line(exc)}); rerun the same command to resume") from None
             raise
         if taken:
             return TrialResult(trial, SKIPPED, error=f"{taken} by another driver")
@@ -85,8 +84,8 @@ class Driver:
             else:
                 self.tracker.finish_trial(result.run_id, result, result.curves_sent)
         except Exception as exc:
-            cause = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
-            where = f"tracking store {self.tracker.uri} failed while logging trial {result.trial.label} ({cause})"
+            where = (f"tracking store {self.tracker.uri} failed while logging trial {result.trial.label} "
+                     f"({one_line(exc)})")
             try:
                 entry = spool.spool(self.tracker.uri, self.experiment, self.parent_id, self.cfg_fields, result)
             except OSError as spool_exc:  # e.g. the same full disk

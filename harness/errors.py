@@ -7,6 +7,13 @@ Every error a user can fix (bad grid file, unknown plugin name, missing data...)
 from __future__ import annotations
 
 
+def one_line(exc: BaseException, limit: int | None = 300) -> str:
+    """``Type: first line of the message`` (cut to ``limit`` characters; None: whole): how a wrapped
+    cause is quoted in an error line."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:limit]}" if lines else f"{type(exc).__name__}: "
+
+
 class HarnessError(Exception):
     """A problem the user can fix; its message names the problem and the fix."""
 

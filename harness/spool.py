@@ -119,16 +119,15 @@ def read(entry: Path) -> SpooledResult:
 def flush(tracker: Any) -> int:
     """Log every spooled trial of ``tracker``'s store; returns how many. An entry is removed only
     once its run is FINISHED/FAILED in the store, so a failure here loses nothing either."""
-    from .errors import HarnessError
+    from .errors import HarnessError, one_line
 
     done = 0
     for entry in pending(tracker.uri):
         try:
             tracker.log_spooled(read(entry))
         except Exception as exc:
-            cause = (str(exc).strip().splitlines() or [""])[0][:300]
             raise HarnessError(f"could not log the spooled trial {entry.name} into {tracker.uri} "
-                               f"({type(exc).__name__}: {cause}); it stays in {entry}") from None
+                               f"({one_line(exc)}); it stays in {entry}") from None
         shutil.rmtree(entry, ignore_errors=True)
         done += 1
     return done

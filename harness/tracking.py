@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 from .lifecycle import HEARTBEAT, claim_order, driver_tags, is_dead, last_alive_ms, now_ms
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
@@ -131,8 +131,7 @@ class Tracker:
         except HarnessError:
             raise
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise HarnessError(f"cannot use MLflow tracking store {self.uri}: {type(exc).__name__}: {first}; "
+            raise HarnessError(f"cannot use MLflow tracking store {self.uri}: {one_line(exc, None)}; "
                                f"check --tracking-uri") from None
 
     def _artifact_root(self, name: str) -> str | None:
