@@ -153,7 +153,7 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
         exp_id, run_name=f"bench/{grid.name}",
         params={"grid": grid.source, "trials": len(grid.trials), "seeds": grid.seeds, "device": str(dev),
                 "executor": grid.executor, "trial_timeout": grid.trial_timeout or "none",
-                "checkpoint_every": grid.checkpoint_every or "off"},
+                "checkpoint_every": grid.checkpoint_every or "off", "eval_mode": grid.eval_mode},
         tags={"harness_version": __version__, "torch_version": torch.__version__, "device": device_name(dev),
               "command": " ".join(sys.argv)},
     )
@@ -166,7 +166,7 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
             executor = plugins.executors.get(grid.executor)()
             with BenchProgress(console, len(todo), skipped) as progress:
                 ctx = TrialContext(data, dev, progress, timeout=grid.trial_timeout,
-                                   checkpoint_every=grid.checkpoint_every)
+                                   checkpoint_every=grid.checkpoint_every, eval_mode=grid.eval_mode)
                 driver = Driver(tracker, grid.name, exp_id, parent, cfg_fields, ctx, heartbeat, count_finished=resume)
                 for result in executor.run(todo, driver.run):
                     if result.status == SKIPPED:

@@ -31,6 +31,7 @@ class EvalResult:
     recipe: Recipe
     accs: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    mode: str = ""  # "vectorised", or "sequential: <why>" (harness.vectorised.choose_mode)
 
     @property
     def mean(self) -> float:
@@ -64,36 +65,71 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = TE
 
 
 def train_model(model: nn.Module, dset: DistilledSet, recipe: Recipe, generator: torch.Generator,
-                device: torch.device) -> nn.Module:
-    """Train ``model`` in place on a distilled set under ``recipe``."""
+                device: torch.device, tick: Callable[[], None] | None = None) -> nn.Module:
+    """Train ``model`` in place on a distilled set under ``recipe`` (``tick`` is called every epoch,
+    or every 100 steps of "ld-protocol": the trial's time limit is checked there)."""
     x, y = dset.x.to(device), dset.y.to(device)
     model.train()
     if recipe.optimizer == "distilled":
         return _replay_learned_steps(model, x, y, dset.lrs.to(device), int(dset.meta.get("steps", 1)))
-    if recipe.optimizer == "ld-protocol":
-        return _train_ld_protocol(model, x, y, int(dset.meta["test_steps"]), int(dset.meta["base_batch"]),
-                                  recipe.lr, generator)
-    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(recipe, [p for p in model.parameters() if p.requires_grad])
+    fit(lambda xb, yb: soft_cross_entropy(model(xb[0]), yb[0]), opt, x, y, recipe, dset.meta, [generator], tick)
+    return model
+
+
+def make_optimizer(recipe: Recipe, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay) or Adam (weight decay) at ``recipe.lr``; "ld-protocol" is the LD
+    code's Adam without weight decay. Every update is elementwise, so one optimizer over K models'
+    stacked parameters updates each model as its own optimizer would (the vectorised path)."""
     if recipe.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "ld-protocol":
+        return torch.optim.Adam(params, lr=recipe.lr)
+    return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def fit(loss_of: Callable[[list[torch.Tensor], list[torch.Tensor]], torch.Tensor], opt: torch.optim.Optimizer,
+        x: torch.Tensor, y: torch.Tensor, recipe: Recipe, meta: dict, generators: list[torch.Generator],
+        tick: Callable[[], None] | None = None) -> None:
+    """The protocol's training loop for one model or several trained together.
+
+    Model k draws its batch order (and its augmentation) from ``generators[k]`` alone, so it sees
+    the same batches whether it trains alone or beside others. ``loss_of(xbs, ybs)`` gets one batch
+    per model and returns the loss to minimise (for several models, the sum of their losses: each
+    model's gradient is then its own loss's).
+
+    "sgd"/"adam": ``recipe.epochs`` epochs of shuffled minibatches of ``recipe.batch_size``, the lr
+    x0.1 at half (the DC protocol). "ld-protocol": the LD code's test training
+    (``label_distillation_or2.py`` ``test()``): ``meta["test_steps"]`` steps, each on
+    ``meta["base_batch"]`` examples drawn at random without replacement (clamped to the set's size).
+    """
+    n, device = len(x), x.device
+
+    def step(indices: list[torch.Tensor], augment: Callable | None = None) -> None:
+        xbs = [x[i] if augment is None else augment(x[i], g) for i, g in zip(indices, generators)]
+        loss = loss_of(xbs, [y[i] for i in indices])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    if recipe.optimizer == "ld-protocol":
+        steps, batch = int(meta["test_steps"]), min(int(meta["base_batch"]), n)
+        for s in range(steps):
+            step([torch.randperm(n, generator=g)[:batch].to(device) for g in generators])
+            if tick and s % 100 == 99:
+                tick()
+        return
     augment = _augmentation(recipe)
     decay_at = recipe.epochs // 2
-    n = len(x)
     for epoch in range(recipe.epochs):
         if epoch == decay_at and epoch > 0:
             for group in opt.param_groups:
                 group["lr"] *= 0.1
-        order = torch.randperm(n, generator=generator).to(device)
+        orders = [torch.randperm(n, generator=g).to(device) for g in generators]
         for i in range(0, n, recipe.batch_size):
-            idx = order[i : i + recipe.batch_size]
-            xb = x[idx] if augment is None else augment(x[idx], generator)
-            loss = soft_cross_entropy(model(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return model
+            step([order[i : i + recipe.batch_size] for order in orders], augment)
+        if tick:
+            tick()
 
 
 def _augmentation(recipe: Recipe) -> Callable | None:
@@ -104,22 +140,6 @@ def _augmentation(recipe: Recipe) -> Callable | None:
 
         return DSA()
     return None
-
-
-def _train_ld_protocol(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, lr: float,
-                       generator: torch.Generator) -> nn.Module:
-    """The LD code's test training (``label_distillation_or2.py`` ``test()``): Adam(lr), no weight
-    decay, no schedule; ``steps`` steps, each on ``batch`` examples drawn at random without
-    replacement (clamped to the set's size) with the soft-label cross-entropy."""
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    n = len(x)
-    for _ in range(steps):
-        idx = torch.randperm(n, generator=generator)[: min(batch, n)].to(x.device)
-        loss = soft_cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model
 
 
 def unroll_gd(model: nn.Module, params: dict[str, torch.Tensor], xs: list[torch.Tensor], ys: list[torch.Tensor],
@@ -159,8 +179,15 @@ def _replay_learned_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr
 def evaluate(dset: DistilledSet, recipe: Recipe, build_model: Callable[[], nn.Module],
              test: tuple[torch.Tensor, torch.Tensor], seed: int, device: torch.device,
              init_state: dict[str, torch.Tensor] | None = None,
-             on_model: Callable[[int, float], None] | None = None) -> EvalResult:
-    """Train ``recipe.models`` fresh models on ``dset``; return their test accuracies."""
+             on_model: Callable[[int, float], None] | None = None, mode: str = "auto",
+             tick: Callable[[], None] | None = None) -> EvalResult:
+    """Train ``recipe.models`` fresh models on ``dset``; return their test accuracies.
+
+    ``mode`` (the grid's ``eval_mode``): whether the K models train at once
+    (:mod:`harness.vectorised`); the path taken is ``EvalResult.mode``. ``on_model(k, acc)`` is
+    called as each model is tested, ``tick()`` every epoch (the trial's time limit)."""
+    from .vectorised import VECTORISED, choose_mode, probe, train_together
+
     if recipe.optimizer == "distilled" and dset.lrs is None:
         raise ValueError("recipe 'distilled' needs learned step sizes, but the set has none")
     if recipe.optimizer == "ld-protocol" and not ld_protocol_applies(dset):
@@ -170,20 +197,38 @@ def evaluate(dset: DistilledSet, recipe: Recipe, build_model: Callable[[], nn.Mo
         raise ValueError("recipe init 'known' needs the set's init_state, but it has none")
     result = EvalResult(recipe)
     start = time.perf_counter()
-    for k in range(recipe.models):
-        model_seed = derive_seed(seed, "eval-model", recipe.arch, k)
+
+    def fresh(k: int) -> tuple[nn.Module, torch.Generator]:
+        """Model k and its batch generator: the same whichever path trains it."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(model_seed)
+            torch.manual_seed(derive_seed(seed, "eval-model", recipe.arch, k))
             model = init_model(build_model(), recipe.model_init)
         if recipe.init == "known":
             model.load_state_dict(init_state)
-        model = model.to(device)
-        generator = torch.Generator().manual_seed(derive_seed(seed, "eval-batches", recipe.label, k))
-        train_model(model, dset, recipe, generator, device)
+        return model.to(device), torch.Generator().manual_seed(derive_seed(seed, "eval-batches", recipe.label, k))
+
+    def tested(k: int, model: nn.Module) -> None:
         acc = accuracy(model, *test)
         result.accs.append(acc)
         if on_model:
             on_model(k, acc)
+
+    first = fresh(0)
+    result.mode = choose_mode(first[0], recipe, device, mode)
+    if result.mode == VECTORISED:
+        pairs = [first] + [fresh(k) for k in range(1, recipe.models)]
+        models = [m for m, _ in pairs]
+        failed = probe(models, dset, device)
+        if failed:
+            result.mode = f"sequential: {failed}"
+        else:
+            train_together(models, dset, recipe, [g for _, g in pairs], device, tick)
+            for k, model in enumerate(models):
+                tested(k, model)
+    if result.mode != VECTORISED:
+        for k in range(recipe.models):
+            model, generator = first if k == 0 else fresh(k)
+            tested(k, train_model(model, dset, recipe, generator, device, tick))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - start

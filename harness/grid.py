@@ -20,8 +20,9 @@ from .errors import ConfigError, HarnessError
 from .init import INIT_SCHEMES, distill_init
 from .specs import TrialSpec, capabilities_of, carries_init, check_trial
 from .trial import AUGMENTS, DEFAULT_LR, INITS, OPTIMIZERS, Recipe, Trial
+from .vectorised import check_eval_mode
 
-TOP_KEYS = {"name", "seeds", "device", "executor", "trial_timeout", "checkpoint_every", "grid", "eval", "distillers"}
+TOP_KEYS = {"name", "seeds", "device", "executor", "trial_timeout", "checkpoint_every", "eval_mode", "grid", "eval", "distillers"}
 AXES = {"distiller", "dataset", "base_dataset", "arch", "ipc", "n"}
 EVAL_KEYS = {"archs", "optimizers", "models", "epochs", "lr", "batch_size", "init", "augment", "momentum", "weight_decay", "test_size",
              "model_init"}
@@ -47,6 +48,7 @@ class Grid:
     source: str = ""
     trial_timeout: float | None = None  # seconds per trial (distill + evaluate); not part of trial keys
     checkpoint_every: float | None = 600.0  # seconds between mid-trial checkpoints (None: off)
+    eval_mode: str = "auto"  # auto | vectorised | sequential (harness.vectorised); not part of trial keys
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -209,6 +211,12 @@ def build_grid(doc: dict, plugins: Any, default_name: str = "grid", source: str 
         if timeout <= 0:
             raise ConfigError(f"{where}: trial_timeout must be > 0 seconds, got {timeout!r}; leave it out for no limit")
 
+    eval_mode = _scalar(f"{where}: eval_mode", doc.get("eval_mode", "auto"), str)
+    try:
+        check_eval_mode(eval_mode, f"{where}: eval_mode")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
     eval_doc = _table(f"{where}: [eval]", doc.get("eval", {}))
     configs_doc = doc.get("distillers", {})
     if not isinstance(configs_doc, dict):
@@ -266,7 +274,7 @@ def build_grid(doc: dict, plugins: Any, default_name: str = "grid", source: str 
                                 optimizers, lr, common)
             trials.setdefault(trial.key, trial)  # identical trials from overlapping tables run once
     return Grid(name=name, seeds=seeds, device=device, executor=executor, trials=list(trials.values()), source=source,
-                trial_timeout=timeout, checkpoint_every=every)
+                trial_timeout=timeout, checkpoint_every=every, eval_mode=eval_mode)
 
 
 def _seeds(where: str, value: Any) -> list[int]:

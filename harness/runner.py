@@ -57,8 +57,9 @@ class TrialContext:
     (``stream(step, metrics)``, set by the driver)."""
 
     def __init__(self, data: Any, device: Any, progress: Any = None, timeout: float | None = None,
-                 checkpoint_every: float | None = None):
+                 checkpoint_every: float | None = None, eval_mode: str = "auto"):
         self.data, self.device = data, device
+        self.eval_mode = eval_mode  # auto | vectorised | sequential (harness.vectorised)
         self.progress = progress
         self.timeout = timeout
         self.checkpoint_every = checkpoint_every  # seconds between mid-trial checkpoints; None: none
@@ -203,7 +204,9 @@ def _evaluate_all(bound: BoundTrial, ctx: TrialContext, dset: Any, result: Trial
                 continue  # not applicable to this set: reported as n/a, never faked
             build = bound.builder(recipe.arch)
             test = ctx.data.test(trial.dataset, recipe.test_size)
-            ev = evaluate(dset, recipe, build, test, trial.seed, ctx.device, dset.init_state, on_model)
+            ev = evaluate(dset, recipe, build, test, trial.seed, ctx.device, dset.init_state, on_model,
+                          mode=ctx.eval_mode, tick=ctx.check_time)
+            result.tags[f"eval.mode/{recipe.label}"] = ev.mode
             eval_seconds += ev.seconds
             rand = _random_baseline(bound, recipe, ctx, dset, ev)
             label = recipe.label
@@ -248,7 +251,8 @@ def _random_baseline(bound: BoundTrial, recipe: Recipe, ctx: TrialContext, dset:
     subset = random_subset(x, y, spec.num_classes, ipc, n, gen)
     subset.meta.update(protocol)
     ev = evaluate(subset, recipe, bound.builder(recipe.arch), ctx.data.test(trial.dataset, recipe.test_size),
-                  trial.seed, ctx.device, dset.init_state, on_model=lambda k, acc: ctx.check_time())
+                  trial.seed, ctx.device, dset.init_state, on_model=lambda k, acc: ctx.check_time(),
+                  mode=ctx.eval_mode, tick=ctx.check_time)
     if recipe.init == "random":
         ctx.baselines[key] = ev
     return ev

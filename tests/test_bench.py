@@ -86,12 +86,27 @@ def test_runs_are_nested_named_and_comparable(bench, tracking_uri):
         assert m["gain"] == pytest.approx(m["acc_mean"] - m["acc_random"])
         tags = r.data.tags
         assert len(tags["trial_key"]) == 16 and tags["device"] == "cpu" and tags["torch_version"]
+        assert tags["eval.mode/tiny-mlp/sgd"] == "sequential: cpu (auto vectorises on cuda only)"
         assert tags["version.distill-harness"] == "0.1.0" and "version.tests-plugins" in tags
         if r.data.params["distiller"] == "random":
             assert tags["version.harness-distillers"] == "0.1.0"
             assert r.data.params["cfg.smoothing"] == "-"  # another distiller's field: same keys, no value
         else:
             assert r.data.params["cfg.smoothing"] == "0.1"
+
+
+def test_eval_mode_vectorised_gives_the_sequential_accuracies_and_is_tagged(bench, tracking_uri):
+    doc = tiny_doc()
+    doc["grid"][0]["distiller"] = ["random", "means"]
+    bench(doc)
+    _, runs = children(tracking_uri)
+    sequential = {r.info.run_name: r.data.metrics["acc_mean"] for r in runs}
+    bench({**doc, "name": "tiny-bench-vec", "eval_mode": "vectorised"})
+    _, runs = children(tracking_uri, "tiny-bench-vec")
+    assert {r.info.run_name: r.data.metrics["acc_mean"] for r in runs} == pytest.approx(sequential, abs=1e-9)
+    assert {r.data.tags["eval.mode/tiny-mlp/sgd"] for r in runs} == {"vectorised"}
+    assert {r.data.tags["eval.mode/tiny-mlp/distilled"] for r in runs
+            if "eval.mode/tiny-mlp/distilled" in r.data.tags} <= {"sequential: optimizer distilled"}
 
 
 def test_distilled_recipe_only_where_step_sizes_are_learned(bench, tracking_uri):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.evaluate import _train_ld_protocol, evaluate, ld_protocol_applies, soft_cross_entropy
+from harness.evaluate import evaluate, ld_protocol_applies, soft_cross_entropy, train_model
 from harness.grid import build_grid
 from harness.specs import DistilledSet
 from harness.testing import _build_tiny
@@ -28,7 +28,9 @@ def test_the_recipe_is_adam_for_the_sets_lifetime_on_random_minibatches():
     model = _build_tiny((1, 4, 4), 3)
     reference = _build_tiny((1, 4, 4), 3)
     reference.load_state_dict(model.state_dict())
-    _train_ld_protocol(model, dset.x, dset.y, steps=7, batch=5, lr=1e-3, generator=torch.Generator().manual_seed(1))
+    dset.meta.update(test_steps=7, base_batch=5)
+    train_model(model, dset, Recipe(arch="t", optimizer="ld-protocol", lr=1e-3), torch.Generator().manual_seed(1),
+                torch.device("cpu"))
     # the same thing written out: 7 Adam steps (no weight decay), 5 examples drawn without replacement each
     opt = torch.optim.Adam(reference.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(1)
