@@ -26,7 +26,9 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 perf: $(STAMP)
-	$(VENV)/bin/python -m pytest benchmarks/perf -q
+	mkdir -p results/perf
+	$(VENV)/bin/python -m pytest benchmarks/perf -q --benchmark-json results/perf/latest.json
+	$(VENV)/bin/python benchmarks/perf/report.py results/perf/latest.json results/perf.md
 
 clean-venv:
 	rm -rf $(VENV)

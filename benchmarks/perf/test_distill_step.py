@@ -54,5 +54,6 @@ def distillers():
 
 @pytest.mark.parametrize("label,cls,ipc,config", distillers(), ids=lambda v: v if isinstance(v, str) else "")
 def test_outer_steps(benchmark, mnist, label, cls, ipc, config):
+    benchmark.group = "outer-step"
     benchmark.extra_info["outer_steps"] = STEPS
     benchmark.pedantic(lambda: cls().distill(task_for(cls, mnist, ipc, **config)), rounds=3, iterations=1)

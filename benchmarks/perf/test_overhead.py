@@ -32,6 +32,7 @@ def test_train_one_epoch_on_100_images(benchmark, digits, arch):
     dset = DistilledSet(x[:100], F.one_hot(y[:100], 10).float())
     model = getattr(archs, f"build_{arch}")((1, 8, 8), 10)
     recipe = Recipe(arch=arch, epochs=1, batch_size=256)
+    benchmark.group = "eval-primitives"
     benchmark(train_model, model, dset, recipe, torch.Generator().manual_seed(0), CPU)
 
 
@@ -41,6 +42,7 @@ def test_test_accuracy_on_digits_test_split(benchmark, digits, arch):
 
     _, (xt, yt) = digits
     model = getattr(archs, f"build_{arch}")((1, 8, 8), 10)
+    benchmark.group = "eval-primitives"
     benchmark(accuracy, model, xt, yt)
 
 
@@ -50,6 +52,7 @@ def test_mlflow_logging_of_one_trial(benchmark, tracking_uri, tmp_path):
     from harness.tracking import Tracker
     from harness.trial import Trial
 
+    benchmark.group = "mlflow"
     tracker = Tracker(tracking_uri)
     exp = tracker.experiment_id("perf")
     parent = tracker.start_bench(exp, "bench/perf", {}, {})
