@@ -10,8 +10,11 @@ uninterrupted one would: on CPU its final set is the same, bit for bit.
 Files: ``<root>/<trial key>/state.safetensors`` (every tensor; no pickle) and ``skeleton.json``
 (the nesting, numbers and strings), written to a temporary folder and renamed, so a crash while
 saving leaves the previous checkpoint intact. ``root``: ``$HARNESS_CHECKPOINT_DIR``, else
-``~/.cache/distill-harness/checkpoints``. A trial's checkpoint is removed when the trial ends
-(FINISHED or FAILED) and kept when it is interrupted.
+``~/.cache/distill-harness/checkpoints``. When distillation ends, its set and what the run records
+of it (seconds, peak memory, curve points) replace the state (``finished.safetensors`` +
+``finished.json``), so a trial interrupted while it is evaluated resumes at evaluation instead of
+distilling again. A trial's folder is removed when the trial ends (FINISHED or FAILED) and kept when
+it is interrupted.
 """
 
 from __future__ import annotations
@@ -126,6 +129,32 @@ class Checkpoints:
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def save_finished(self, dset: Any, record: dict) -> bool:
+        """Keep a finished distillation (its set and ``record``: JSON) until the trial is logged;
+        the mid-run state goes (the set supersedes it). Written beside, then renamed: atomic. A save
+        that fails (disk full, read-only) only costs the shortcut: False, and the trial goes on."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            dset.save(self.folder / ".finished.safetensors.partial")
+            (self.folder / ".finished.json.partial").write_text(json.dumps(record), encoding="utf-8")
+            (self.folder / ".finished.safetensors.partial").rename(self.folder / "finished.safetensors")
+            (self.folder / ".finished.json.partial").rename(self.folder / "finished.json")
+            for name in ("state.safetensors", "skeleton.json"):
+                (self.folder / name).unlink(missing_ok=True)
+        except OSError:
+            self.failures += 1
+            return False
+        return True
+
+    def load_finished(self) -> tuple[Any, dict] | None:
+        """``(DistilledSet, record)`` of a finished distillation kept by :meth:`save_finished`, or None."""
+        from .specs import DistilledSet
+
+        if not (self.folder / "finished.json").is_file():
+            return None
+        record = json.loads((self.folder / "finished.json").read_text(encoding="utf-8"))
+        return DistilledSet.load(self.folder / "finished.safetensors"), record
 
     def attach(self, task: Any, counter: ModelCounter) -> None:
         """Wire ``task.checkpoint`` / ``task.restore`` to these checkpoints."""

@@ -17,6 +17,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from .errors import TrialError
@@ -112,6 +113,9 @@ def run_trial(bound: BoundTrial, ctx: TrialContext) -> TrialResult:
                  else (str(exc).strip().splitlines() or [""])[0])
         result.error = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         result.traceback = traceback.format_exc()
+    checkpoints = ctx.checkpoints(trial)
+    if checkpoints is not None:
+        checkpoints.clear()  # the trial ended (passed or failed): nothing of it is resumed
     if progress:
         progress.trial_done(trial, result)
     return result
@@ -158,8 +162,14 @@ def _distill(bound: BoundTrial, ctx: TrialContext, result: TrialResult):
         seed=trial.seed, _log=log,
         _total=(ctx.progress.expect_steps if ctx.progress else (lambda total: None)),
     )
-    torch.manual_seed(derive_seed(trial.seed, "global"))  # for distillers that use the global RNG
     checkpoints = ctx.checkpoints(trial)
+    finished = checkpoints.load_finished() if checkpoints is not None else None
+    if finished is not None:  # distilled before an interruption during evaluation: evaluate that set
+        dset, record = finished
+        for step, metrics in record["curves"]:
+            log(step, **metrics)
+        return dset, SimpleNamespace(seconds=record["distill_seconds"], peak_mb=record["peak_mb"])
+    torch.manual_seed(derive_seed(trial.seed, "global"))  # for distillers that use the global RNG
     if checkpoints is not None:
         checkpoints.attach(task, counter)
     with Measure(ctx.device) as measure:
@@ -169,8 +179,6 @@ def _distill(bound: BoundTrial, ctx: TrialContext, result: TrialResult):
             if checkpoints is not None:
                 checkpoints.clear()  # a failed trial starts afresh; an interrupted one (Ctrl-C, kill) resumes
             raise
-    if checkpoints is not None:
-        checkpoints.clear()
     if not hasattr(dset, "check"):
         raise TrialError(f"distiller '{trial.distiller}' returned {type(dset).__name__}, not a DistilledSet")
     dset = dset.detached()
@@ -178,6 +186,9 @@ def _distill(bound: BoundTrial, ctx: TrialContext, result: TrialResult):
     if trial.n is not None and dset.n != trial.n:  # a budget-free distiller (full) has trial.n None
         raise TrialError(f"distiller '{trial.distiller}' returned {dset.n} examples for a budget of {trial.n} "
                          f"({trial.budget}); a distilled set must have exactly the budget's size")
+    if checkpoints is not None and dset.n <= MAX_SAVED_EXAMPLES:  # kept until the trial is logged
+        checkpoints.save_finished(dset, {"distill_seconds": measure.seconds, "peak_mb": measure.peak_mb,
+                                         "curves": result.curves})
     return dset, measure
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from harness.lifecycle import HEARTBEAT, HOST, PID, STALE_SECONDS, CurveStream, Heartbeat, is_dead, now_ms
 from harness.tracking import Tracker
+from harness.specs import DistilledSet
 
 GRID = """\
 name = "life"
@@ -338,3 +339,35 @@ def test_a_checkpoint_that_cannot_be_written_does_not_fail_the_trial(tmp_path):
     checkpoints.attach(task, counter)
     out = SLDD().distill(task)
     assert out.meta["outer_steps_done"] == 2 and checkpoints.failures == 2 and checkpoints.saved == 0
+
+
+def test_a_trial_interrupted_while_evaluated_resumes_at_evaluation(tmp_path, monkeypatch, tiny_plugins):
+    """The finished set is kept until the trial ends: the rerun evaluates it, it does not distil again."""
+    import harness.runner as runner
+    from harness.grid import build_grid
+    from harness.plan import prepare
+
+    monkeypatch.setenv("HARNESS_CHECKPOINT_DIR", str(tmp_path / "ck"))
+    doc = {"name": "t", "device": "cpu", "grid": [{"distiller": "means", "dataset": "tiny", "arch": "tiny-mlp",
+                                                   "ipc": 2}], "eval": {"models": 1, "epochs": 2}}
+    plan = prepare(build_grid(doc, tiny_plugins), tiny_plugins, tmp_path, "cpu")
+    bound = plan.trials[0]
+    ctx = runner.TrialContext(plan.data, plan.device, checkpoint_every=600)
+    evaluate_all = runner._evaluate_all
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_evaluate_all", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_trial(bound, ctx)
+    kept = list((tmp_path / "ck").glob("*/finished.json"))
+    assert len(kept) == 1 and not list((tmp_path / "ck").glob("*/skeleton.json"))
+    first_set = DistilledSet.load(kept[0].with_name("finished.safetensors"))
+
+    monkeypatch.setattr(runner, "_evaluate_all", evaluate_all)
+    monkeypatch.setattr(bound.distiller, "distill", lambda self, task: pytest.fail("distilled again"))
+    result = runner.run_trial(bound, ctx)
+    assert result.passed, result.error
+    assert result.metrics["n_distilled"] == first_set.n and "acc_mean" in result.metrics
+    assert not (tmp_path / "ck" / bound.trial.key).exists()  # gone once the trial ended
