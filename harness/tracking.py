@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -271,9 +272,7 @@ class Tracker:
         if result.error:
             tags["error"] = result.error[:5000]
         with self._lock:
-            for k, v in tags.items():
-                self.client.set_tag(run_id, k, v)
-            self._log(run_id, metrics=metrics)
+            self._log(run_id, metrics=metrics, tags=tags)
             if result.artifacts_dir:
                 self.client.log_artifacts(run_id, result.artifacts_dir)
             if result.traceback:
@@ -325,13 +324,16 @@ class Tracker:
                 self.client.log_text(run_id, markdown, "summary.md")
             self.client.set_terminated(run_id, status)
 
-    def _log(self, run_id: str, params: dict | None = None, metrics: Iterable | None = None) -> None:
-        """Batched logging, chunked to MLflow's per-request limits."""
-        from mlflow.entities import Param
+    def _log(self, run_id: str, params: dict | None = None, metrics: Iterable | None = None,
+             tags: dict | None = None) -> None:
+        """Batched logging, chunked to MLflow's per-request limits (1,000 metrics, 100 params,
+        100 tags): one request (one store transaction) for a typical trial."""
+        from mlflow.entities import Param, RunTag
 
         plist = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        tlist = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         mlist = list(metrics or [])
-        for i in range(0, len(plist), 100):
-            self.client.log_batch(run_id, params=plist[i : i + 100])
-        for i in range(0, len(mlist), 1000):
-            self.client.log_batch(run_id, metrics=mlist[i : i + 1000])
+        chunks = max(math.ceil(len(plist) / 100), math.ceil(len(tlist) / 100), math.ceil(len(mlist) / 1000))
+        for c in range(chunks):
+            self.client.log_batch(run_id, metrics=mlist[c * 1000 : (c + 1) * 1000],
+                                  params=plist[c * 100 : (c + 1) * 100], tags=tlist[c * 100 : (c + 1) * 100])
