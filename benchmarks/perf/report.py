@@ -1,6 +1,8 @@
 """Write results/perf.md from a pytest-benchmark JSON file (what `make perf` runs).
 
 Usage: python benchmarks/perf/report.py results/perf/latest.json results/perf.md
+(results/perf/side-by-side.json, when benchmarks/perf/side_by_side.py wrote it, adds the section on
+the authors' code.)
 
 Every figure comes from the one JSON (one run): ratios compare benchmarks measured side by side on
 the same machine state. Targets are the performance issue's; a missed target says "missed".
@@ -28,7 +30,7 @@ def _verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
-def render(data: dict) -> str:
+def render(data: dict, side: dict | None = None) -> str:
     groups: dict[str, dict[str, dict]] = defaultdict(dict)
     for b in data["benchmarks"]:
         groups[b["group"] or b["name"]][_param(b)] = b
@@ -72,8 +74,22 @@ def render(data: dict) -> str:
             short, long = min(by_steps), max(by_steps)
             step = (by_steps[long] - by_steps[short]) / (long - short)
             out.append(f"| {name} | {_fmt(step)} | {_fmt(max(by_steps[short] - short * step, 0.0))} |")
-        out += ["", "Side by side with the authors' code (target ≤ 0.5x theirs, data included) is not "
-                "measured by `make perf` yet: see the performance issue's notes.", ""]
+        out.append("")
+
+    if side is not None:
+        med, setting = side["median"], side["setting"]
+        out += ["## Outer step beside the authors' code (one run, alternating rounds)", "",
+                f"`benchmarks/perf/side_by_side.py --ld <export>` on {side['when']} UTC ({side['reference']['ld']}); "
+                f"{setting['dataset']}, {setting['arch']}, {setting['base_images']} base images, base batch "
+                f"{setting['base_batch']}, target batch {setting['target_batch']}, {setting['threads']} thread(s). "
+                f"Theirs: {setting['theirs']}. Ours: {setting['ours']}. Medians over "
+                f"{len(side['seconds_per_step']['ld/ours'])} rounds.", "",
+                "| distiller | theirs (data included) | ours | ours / theirs | target | |", "|---|---|---|---|---|---|"]
+        for name in ("ld", "ld-rr"):
+            theirs, ours = med[f"{name}/theirs"], med[f"{name}/ours"]
+            out.append(f"| {name} | {_fmt(theirs)} | {_fmt(ours)} | {ours / theirs:.2f} | ≤ 0.5 | "
+                       f"{_verdict(ours / theirs <= 0.5)} |")
+        out += ["", "Not yet side by side: sldd/dd (ilia10000 / SsnL codes) and dc/dsa/dm (DC code).", ""]
 
     if "harness-overhead" in groups:
         g = groups["harness-overhead"]
@@ -117,7 +133,9 @@ def main(argv: list[str]) -> int:
         print("usage: report.py BENCHMARK.json OUT.md", file=sys.stderr)
         return 2
     data = json.loads(Path(argv[1]).read_text())
-    Path(argv[2]).write_text(render(data))
+    side_file = Path(argv[1]).with_name("side-by-side.json")  # written by side_by_side.py, when it was run
+    side = json.loads(side_file.read_text()) if side_file.is_file() else None
+    Path(argv[2]).write_text(render(data, side))
     print(f"wrote {argv[2]}")
     return 0
 

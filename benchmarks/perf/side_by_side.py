@@ -1,0 +1,182 @@
+"""Outer-step time of ``ld`` and ``ld-rr`` beside the authors' own code, measured in one run.
+
+    mkdir -p /tmp/ref/ld && git --git-dir=<mirror of ondrejbohdal/label-distillation> archive HEAD | tar -x -C /tmp/ref/ld
+    .venv/bin/python benchmarks/perf/side_by_side.py --ld /tmp/ref/ld     # -> results/perf/side-by-side.json
+
+The reference code runs from the scratch export (never copied here), through the same glue as the
+golden driver (tests/golden/drivers/ld_reference.py: module globals, LeNetMeta fast weights). The
+setting is the seeds' MNIST one on the 4,000-image mnist-subset: 100 base images (10 per class),
+base batch 50, target batch 1,024, LeNet, float32, ``torch.set_num_threads(--threads)``.
+
+- **theirs, data included**: ``label_distillation_or2.train`` / ``label_distillation_rr.train`` over
+  the code's own input path: ``torchvision.datasets.MNIST`` (the subset written as MNIST idx files in
+  the scratch dir), ``ToTensor`` + ``Normalize``, ``DataLoader(batch_size=1024, shuffle=True)``, as in
+  its ``main()``; seconds per outer step = one epoch's time / its batches.
+- **ours**: ``LD().distill`` / ``LDRR().distill`` with ``select_best=False`` (the code's ``train``
+  does not validate; its ``main()`` validates every 5 epochs), marginal seconds per outer step from
+  two budgets (set-up not counted).
+
+Rounds alternate theirs / ours so both see the same machine load; the JSON keeps every round and
+the report (benchmarks/perf/report.py) shows medians and ours / theirs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import platform
+import statistics
+import struct
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+BASE_PER_CLASS, BASE_BATCH, TARGET_BATCH = 10, 50, 1024
+OURS_SHORT, OURS_LONG = 2, 10
+
+
+def write_mnist_idx(root: Path, x: torch.Tensor, y: torch.Tensor, prefix: str) -> None:
+    """Images (normalised, as the harness loads them) back to uint8 MNIST idx files."""
+    from harness_vision.datasets import MNIST_MEAN, MNIST_STD
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    pixels = ((x * MNIST_STD + MNIST_MEAN) * 255).round().clamp(0, 255).to(torch.uint8).reshape(len(x), 28, 28)
+    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, len(x), 28, 28)
+                                                     + pixels.numpy().tobytes())
+    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(y))
+                                                     + y.to(torch.uint8).numpy().tobytes())
+
+
+def their_loader(root: Path):
+    import torchvision.datasets as datasets
+    import torchvision.transforms as transforms
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    train = datasets.MNIST(str(root), train=True, transform=transform, download=False)
+    return torch.utils.data.DataLoader(train, batch_size=TARGET_BATCH, shuffle=True)
+
+
+def base_images(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    rows = [(y == c).nonzero().flatten()[torch.randperm(int((y == c).sum()), generator=g)[:BASE_PER_CLASS]]
+            for c in range(10)]
+    return x[torch.cat(rows)].clone()
+
+
+def their_ld_epoch(or2, M, loader, fixed_input, make_args) -> tuple[float, int]:
+    """One epoch of the code's second-order LD ``train``: (seconds, outer steps)."""
+    or2.args, or2.device, or2.num_classes = make_args(), torch.device("cpu"), 10
+    M.LeNetMeta.meta = True
+    model = M.LeNetMeta(or2.args)
+    labels = torch.full((len(fixed_input), 10), 0.1, requires_grad=True)
+    labels_opt, optimizer = torch.optim.Adam([labels]), torch.optim.Adam(model.parameters())
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        or2.train(loader, model, fixed_input, labels, torch.nn.CrossEntropyLoss(), labels_opt, 0, optimizer,
+                  [], 0, 999999999, 0, [], 0)
+    return time.perf_counter() - start, len(loader)
+
+
+def their_rr_epoch(rr, M, loader, fixed_input, make_args) -> tuple[float, int]:
+    """One epoch of the code's LD-RR ``train`` (ridge-regression head): (seconds, outer steps)."""
+    rr.args, rr.device = make_args(), torch.device("cpu")
+    rr.num_out_feats, rr.num_classes = 84, 10
+    model = M.LeNet(rr.args)
+    labels = torch.full((len(fixed_input), 10), 0.1, requires_grad=True)
+    labels_opt, feat_opt = torch.optim.Adam([labels]), torch.optim.Adam(model.parameters())
+    adjust = M.AdjustLayer(device=torch.device("cpu"))
+    adj_opt = torch.optim.Adam(list(adjust.parameters()), 0.01)
+    classifier = torch.zeros(84 + 1, 10, requires_grad=False)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        rr.train(loader, model, fixed_input, labels, torch.nn.CrossEntropyLoss(), labels_opt, 0, classifier,
+                 feat_opt, [], 0, 999999999, 0, [], 0, adj_opt, adjust)
+    return time.perf_counter() - start, len(loader)
+
+
+def our_step(cls, x, y, steps: int) -> float:
+    from harness.specs import DistillTask
+    from harness_vision.archs import build_lenet
+
+    counter = iter(range(1 << 20))
+
+    def make_model():
+        torch.manual_seed(next(counter))
+        return build_lenet((1, 28, 28), 10)
+
+    task = DistillTask(x=x, y=y, num_classes=10, ipc=BASE_PER_CLASS, n=10 * BASE_PER_CLASS, make_model=make_model,
+                       config=cls.Config(outer_steps=steps, select_best=False), device=torch.device("cpu"),
+                       generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    cls().distill(task)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ld", type=Path, required=True, help="export of ondrejbohdal/label-distillation (7ebc088)")
+    parser.add_argument("--scratch", type=Path, default=Path("/tmp/harness-side-by-side"),
+                        help="where the MNIST idx files are written (outside the repo)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "perf" / "side-by-side.json")
+    a = parser.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    sys.path.insert(0, str(REPO / "tests" / "golden" / "drivers"))
+    from ld_reference import load_reference, make_args  # noqa: E402  (the golden driver's glue)
+
+    from harness_distillers.ld import LD
+    from harness_distillers.ld_rr import LDRR
+    from harness_vision.datasets import load_mnist_subset
+
+    x, y = load_mnist_subset("train", None)
+    xt, yt = load_mnist_subset("test", None)
+    write_mnist_idx(a.scratch, x, y, "train")
+    write_mnist_idx(a.scratch, xt, yt, "t10k")
+    loader = their_loader(a.scratch)
+    fixed_input = base_images(x, y)
+    or2, rr, M = load_reference(a.ld.resolve())
+
+    def args(**kw):
+        return make_args(num_base_examples=len(fixed_input), inner_batch_size=BASE_BATCH, batch_size=TARGET_BATCH,
+                         **kw)
+
+    rounds: dict[str, list[float]] = {k: [] for k in ("ld/theirs", "ld/ours", "ld-rr/theirs", "ld-rr/ours")}
+    for r in range(a.rounds + 1):  # round 0 warms both up and is not kept
+        for name, theirs, cls in (("ld", their_ld_epoch, LD), ("ld-rr", their_rr_epoch, LDRR)):
+            mod = or2 if name == "ld" else rr
+            seconds, steps = theirs(mod, M, loader, fixed_input, args)
+            ours = (our_step(cls, x, y, OURS_LONG) - our_step(cls, x, y, OURS_SHORT)) / (OURS_LONG - OURS_SHORT)
+            if r:
+                rounds[f"{name}/theirs"].append(seconds / steps)
+                rounds[f"{name}/ours"].append(ours)
+                print(f"round {r} {name}: theirs {seconds / steps * 1e3:.1f} ms/step, ours {ours * 1e3:.1f} ms/step",
+                      flush=True)
+    result = {"setting": {"dataset": "mnist-subset (4,000 train)", "arch": "lenet", "base_images": len(fixed_input),
+                          "base_batch": BASE_BATCH, "target_batch": TARGET_BATCH, "threads": a.threads,
+                          "dtype": "float32", "ours": "select_best=False, marginal over "
+                                                      f"{OURS_SHORT}->{OURS_LONG} steps",
+                          "theirs": "train() over the code's MNIST DataLoader (PIL, ToTensor, Normalize)"},
+              "reference": {"ld": "ondrejbohdal/label-distillation 7ebc088: label_distillation_or2.train, "
+                                  "label_distillation_rr.train"},
+              "machine": {"node": platform.node(), "cpus": torch.get_num_threads(), "torch": torch.__version__},
+              "seconds_per_step": rounds,
+              "median": {k: statistics.median(v) for k, v in rounds.items()},
+              "when": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2))
+    for name in ("ld", "ld-rr"):
+        med = result["median"]
+        print(f"{name}: ours / theirs = {med[f'{name}/ours'] / med[f'{name}/theirs']:.2f}")
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
