@@ -79,17 +79,22 @@ def render(data: dict, side: dict | None = None) -> str:
     if side is not None:
         med, setting = side["median"], side["setting"]
         out += ["## Outer step beside the authors' code (one run, alternating rounds)", "",
-                f"`benchmarks/perf/side_by_side.py --ld <export>` on {side['when']} UTC ({side['reference']['ld']}); "
-                f"{setting['dataset']}, {setting['arch']}, {setting['base_images']} base images, base batch "
-                f"{setting['base_batch']}, target batch {setting['target_batch']}, {setting['threads']} thread(s). "
+                f"`benchmarks/perf/side_by_side.py` on {side['when']} UTC "
+                f"({'; '.join(side['reference'].values())}); {setting['dataset']}, {setting['arch']}, LD/LD-RR "
+                f"{setting['base_images']} base images, base batch {setting['base_batch']}, target batch "
+                f"{setting['target_batch']}; SLDD known init, 10 images, 1 step x 3 epochs; "
+                f"{setting['threads']} thread(s). "
                 f"Theirs: {setting['theirs']}. Ours: {setting['ours']}. Medians over "
                 f"{len(side['seconds_per_step']['ld/ours'])} rounds.", "",
                 "| distiller | theirs (data included) | ours | ours / theirs | target | |", "|---|---|---|---|---|---|"]
-        for name in ("ld", "ld-rr"):
+        for name in ("ld", "ld-rr", "sldd"):
+            if f"{name}/ours" not in med:
+                continue
             theirs, ours = med[f"{name}/theirs"], med[f"{name}/ours"]
             out.append(f"| {name} | {_fmt(theirs)} | {_fmt(ours)} | {ours / theirs:.2f} | ≤ 0.5 | "
                        f"{_verdict(ours / theirs <= 0.5)} |")
-        out += ["", "Not yet side by side: sldd/dd (ilia10000 / SsnL codes) and dc/dsa/dm (DC code).", ""]
+        out += ["", "Not side by side (no target in the issue): dd (SsnL code, the same Trainer as sldd) and "
+                "dc/dsa/dm (DC code).", ""]
 
     if "harness-overhead" in groups:
         g = groups["harness-overhead"]

@@ -1,20 +1,26 @@
-"""Outer-step time of ``ld`` and ``ld-rr`` beside the authors' own code, measured in one run.
+"""Outer-step time of ``ld``, ``ld-rr`` and ``sldd`` beside the authors' own code, in one run.
 
-    mkdir -p /tmp/ref/ld && git --git-dir=<mirror of ondrejbohdal/label-distillation> archive HEAD | tar -x -C /tmp/ref/ld
-    .venv/bin/python benchmarks/perf/side_by_side.py --ld /tmp/ref/ld     # -> results/perf/side-by-side.json
+    mkdir -p /tmp/ref/ld /tmp/ref/sldd
+    git --git-dir=<mirror of ondrejbohdal/label-distillation> archive HEAD | tar -x -C /tmp/ref/ld
+    git --git-dir=<mirror of ilia10000/dataset-distillation> archive HEAD | tar -x -C /tmp/ref/sldd
+    .venv/bin/python benchmarks/perf/side_by_side.py --ld /tmp/ref/ld --sldd /tmp/ref/sldd
+    # -> results/perf/side-by-side.json; `make perf` then adds it to results/perf.md
 
-The reference code runs from the scratch export (never copied here), through the same glue as the
-golden driver (tests/golden/drivers/ld_reference.py: module globals, LeNetMeta fast weights). The
-setting is the seeds' MNIST one on the 4,000-image mnist-subset: 100 base images (10 per class),
-base batch 50, target batch 1,024, LeNet, float32, ``torch.set_num_threads(--threads)``.
+The reference code runs from the scratch exports (never copied here), through the golden drivers'
+glue (tests/golden/drivers/: module globals, LeNetMeta fast weights, the SLDD ``state`` namespace
+and the loop body of its ``Trainer.train``). The setting is the seeds' MNIST one on the 4,000-image
+mnist-subset, LeNet, float32, ``torch.set_num_threads(--threads)``: LD / LD-RR with 100 base images
+(10 per class), base batch 50, target batch 1,024; SLDD known init, 10 images, 1 step x 3 epochs,
+real batch 1,024.
 
-- **theirs, data included**: ``label_distillation_or2.train`` / ``label_distillation_rr.train`` over
-  the code's own input path: ``torchvision.datasets.MNIST`` (the subset written as MNIST idx files in
-  the scratch dir), ``ToTensor`` + ``Normalize``, ``DataLoader(batch_size=1024, shuffle=True)``, as in
-  its ``main()``; seconds per outer step = one epoch's time / its batches.
-- **ours**: ``LD().distill`` / ``LDRR().distill`` with ``select_best=False`` (the code's ``train``
-  does not validate; its ``main()`` validates every 5 epochs), marginal seconds per outer step from
-  two budgets (set-up not counted).
+- **theirs, data included**: the code's step over its own input path: ``torchvision.datasets.MNIST``
+  (the subset written as MNIST idx files in the scratch dir), ``ToTensor`` + ``Normalize``,
+  ``DataLoader(batch_size=1024, shuffle=True)``, as in its ``main()``; LD: ``train`` for one epoch,
+  SLDD: the loop body of ``Trainer.train`` over ``prefetch_train_loader_iter``; seconds per outer
+  step = one epoch's time / its batches.
+- **ours**: ``LD`` / ``LDRR`` (``select_best=False``: the code's ``train`` does not validate; its
+  ``main()`` validates every 5 epochs) and ``SLDD``, marginal seconds per outer step from two
+  budgets (set-up not counted).
 
 Rounds alternate theirs / ours so both see the same machine load; the JSON keeps every round and
 the report (benchmarks/perf/report.py) shows medians and ours / theirs.
@@ -100,6 +106,38 @@ def their_rr_epoch(rr, M, loader, fixed_input, make_args) -> tuple[float, int]:
     return time.perf_counter() - start, len(loader)
 
 
+def their_sldd_epoch(ref: Path, loader) -> tuple[float, int]:
+    """One epoch of the SLDD code's outer steps (known init, 10 images, 1 step x 3 epochs): the loop
+    body of ``Trainer.train`` as the golden driver runs it, over the code's MNIST loader."""
+    import sldd_dd_reference as glue
+
+    if str(ref) not in sys.path:
+        sys.path.insert(0, str(ref))
+        glue._install_stubs()
+    import networks
+    import train_distilled_image
+
+    case = {**glue.COMMON, "distill_steps": 1, "distill_epochs": 3, "num_distill_classes": 10,
+            "batch_size": TARGET_BATCH, "decay_epochs": 40, "outer_steps": 1 << 30}
+    state = glue._state(case)
+    state.train_loader = loader
+    trainer = train_distilled_image.Trainer(state, networks.get_networks(state, N=1))
+    start, steps = time.perf_counter(), 0
+    for epoch, it, (rdata, rlabel) in trainer.prefetch_train_loader_iter():
+        if epoch > 0:
+            break
+        if it == 0:
+            trainer.scheduler.step()
+        trainer.optimizer.zero_grad(set_to_none=False)
+        model = trainer.models[0]
+        schedule = trainer.get_steps()
+        loss, saved = trainer.forward(model, rdata, rlabel, schedule)
+        trainer.accumulate_grad([trainer.backward(model, rdata, rlabel, schedule, saved)])
+        trainer.optimizer.step()
+        steps += 1
+    return time.perf_counter() - start, steps
+
+
 def our_step(cls, x, y, steps: int) -> float:
     from harness.specs import DistillTask
     from harness_vision.archs import build_lenet
@@ -110,9 +148,10 @@ def our_step(cls, x, y, steps: int) -> float:
         torch.manual_seed(next(counter))
         return build_lenet((1, 28, 28), 10)
 
-    task = DistillTask(x=x, y=y, num_classes=10, ipc=BASE_PER_CLASS, n=10 * BASE_PER_CLASS, make_model=make_model,
-                       config=cls.Config(outer_steps=steps, select_best=False), device=torch.device("cpu"),
-                       generator=torch.Generator().manual_seed(0))
+    ipc, config = ((1, cls.Config(outer_steps=steps, steps=1, epochs=3)) if cls.name == "sldd" else
+                   (BASE_PER_CLASS, cls.Config(outer_steps=steps, select_best=False)))
+    task = DistillTask(x=x, y=y, num_classes=10, ipc=ipc, n=10 * ipc, make_model=make_model, config=config,
+                       device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     cls().distill(task)
     return time.perf_counter() - start
@@ -121,6 +160,7 @@ def our_step(cls, x, y, steps: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ld", type=Path, required=True, help="export of ondrejbohdal/label-distillation (7ebc088)")
+    parser.add_argument("--sldd", type=Path, default=None, help="export of ilia10000/dataset-distillation (2856332)")
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/harness-side-by-side"),
                         help="where the MNIST idx files are written (outside the repo)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -128,11 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "results" / "perf" / "side-by-side.json")
     a = parser.parse_args(argv)
     torch.set_num_threads(a.threads)
+    torch.set_default_dtype(torch.float32)
     sys.path.insert(0, str(REPO / "tests" / "golden" / "drivers"))
     from ld_reference import load_reference, make_args  # noqa: E402  (the golden driver's glue)
 
     from harness_distillers.ld import LD
     from harness_distillers.ld_rr import LDRR
+    from harness_distillers.sldd import SLDD
     from harness_vision.datasets import load_mnist_subset
 
     x, y = load_mnist_subset("train", None)
@@ -141,17 +183,34 @@ def main(argv: list[str] | None = None) -> int:
     write_mnist_idx(a.scratch, xt, yt, "t10k")
     loader = their_loader(a.scratch)
     fixed_input = base_images(x, y)
+    try:  # both codes import tqdm at module level (for progress bars off this path)
+        import tqdm  # noqa: F401
+    except ImportError:
+        import importlib.machinery
+        import types
+
+        stub = types.ModuleType("tqdm")
+        stub.__spec__ = importlib.machinery.ModuleSpec("tqdm", None)
+        stub.tqdm = lambda iterable=None, *args, **kwargs: iterable
+        sys.modules["tqdm"] = stub
     or2, rr, M = load_reference(a.ld.resolve())
 
     def args(**kw):
         return make_args(num_base_examples=len(fixed_input), inner_batch_size=BASE_BATCH, batch_size=TARGET_BATCH,
                          **kw)
 
-    rounds: dict[str, list[float]] = {k: [] for k in ("ld/theirs", "ld/ours", "ld-rr/theirs", "ld-rr/ours")}
+    cases = [("ld", lambda: their_ld_epoch(or2, M, loader, fixed_input, args), LD),
+             ("ld-rr", lambda: their_rr_epoch(rr, M, loader, fixed_input, args), LDRR)]
+    if a.sldd is not None:
+        def their_sldd() -> tuple[float, int]:
+            with contextlib.redirect_stdout(io.StringIO()):  # the code prints every epoch
+                return their_sldd_epoch(a.sldd.resolve(), loader)
+
+        cases.append(("sldd", their_sldd, SLDD))
+    rounds: dict[str, list[float]] = {f"{name}/{who}": [] for name, _, _ in cases for who in ("theirs", "ours")}
     for r in range(a.rounds + 1):  # round 0 warms both up and is not kept
-        for name, theirs, cls in (("ld", their_ld_epoch, LD), ("ld-rr", their_rr_epoch, LDRR)):
-            mod = or2 if name == "ld" else rr
-            seconds, steps = theirs(mod, M, loader, fixed_input, args)
+        for name, theirs, cls in cases:
+            seconds, steps = theirs()
             ours = (our_step(cls, x, y, OURS_LONG) - our_step(cls, x, y, OURS_SHORT)) / (OURS_LONG - OURS_SHORT)
             if r:
                 rounds[f"{name}/theirs"].append(seconds / steps)
@@ -164,14 +223,16 @@ def main(argv: list[str] | None = None) -> int:
                                                       f"{OURS_SHORT}->{OURS_LONG} steps",
                           "theirs": "train() over the code's MNIST DataLoader (PIL, ToTensor, Normalize)"},
               "reference": {"ld": "ondrejbohdal/label-distillation 7ebc088: label_distillation_or2.train, "
-                                  "label_distillation_rr.train"},
+                                  "label_distillation_rr.train",
+                            "sldd": "ilia10000/dataset-distillation 2856332: train_distilled_image.Trainer "
+                                    "(forward, backward, accumulate_grad, optimizer.step)"},
               "machine": {"node": platform.node(), "cpus": torch.get_num_threads(), "torch": torch.__version__},
               "seconds_per_step": rounds,
               "median": {k: statistics.median(v) for k, v in rounds.items()},
               "when": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2))
-    for name in ("ld", "ld-rr"):
+    for name, _, _ in cases:
         med = result["median"]
         print(f"{name}: ours / theirs = {med[f'{name}/ours'] / med[f'{name}/theirs']:.2f}")
     print(f"wrote {a.out}")
