@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml constraints.txt $(addsuffix /pyproject.toml,$(PLUGINS))
 bench: $(STAMP)
 	$(VENV)/bin/harness bench benchmarks/grids/quick.toml
 
+# one worker per core (pytest-xdist); each worker runs torch on one thread (tests/conftest.py)
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n auto
 
 perf: $(STAMP)
 	mkdir -p results/perf

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported (by tests and subprocesses)
 sys.path.insert(0, str(Path(__file__).parent))  # tests/plugins_for_tests.py
 
 

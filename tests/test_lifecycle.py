@@ -48,10 +48,16 @@ def write_grid(tmp_path: Path, steps: int, seconds: float, seeds=(0,), extra: st
     return path
 
 
+def _default_sigint() -> None:
+    # a child inherits an ignored SIGINT (pytest-xdist workers ignore it), and Python then installs no
+    # KeyboardInterrupt handler: give the driver the disposition a terminal gives it
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_driver(grid: Path, uri: str, env: dict, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "harness", "bench", str(grid), "--tracking-uri", uri],
                             cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_sigint)
 
 
 def wait_for(condition, what: str, timeout: float = 300.0):
