@@ -1,0 +1,49 @@
+"""benchmarks/perf/report.py: results/perf.md from pytest-benchmark JSON, with the issue's targets."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+REPORT = Path(__file__).resolve().parents[1] / "benchmarks" / "perf" / "report.py"
+
+
+def load_report():
+    spec = importlib.util.spec_from_file_location("perf_report", REPORT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench(group, name, mean, **extra):
+    return {"group": group, "name": name, "stats": {"mean": mean, "rounds": 3}, "extra_info": extra}
+
+
+def test_ratios_and_verdicts_come_from_the_one_run():
+    data = {"machine_info": {"node": "n", "cpu": {"brand_raw": "cpu", "count": 2}}, "datetime": "2026-12-02T00:00:00",
+            "commit_info": {"id": "abcdef0"}, "benchmarks": [
+                bench("eval-lenet", "test_train_k_models[lenet-sequential]", 3.0),
+                bench("eval-lenet", "test_train_k_models[lenet-vectorised]", 1.0),
+                bench("eval-convnet", "test_train_k_models[convnet-sequential]", 1.0),
+                bench("eval-convnet", "test_train_k_models[convnet-vectorised]", 2.0),
+                bench("outer-step", "test_outer_steps[ld-ipc10-1]", 0.5, distiller="ld-ipc10", outer_steps=1),
+                bench("outer-step", "test_outer_steps[ld-ipc10-4]", 1.1, distiller="ld-ipc10", outer_steps=4),
+                bench("harness-overhead", "test_grid_wall_time[bare]", 10.0),
+                bench("harness-overhead", "test_grid_wall_time[bench]", 10.5),
+                bench("mlflow", "test_mlflow_logging_of_one_trial", 0.04),
+                bench("cli-cold-start", "test_cold_start[--help]", 0.2),
+            ]}
+    side = {"median": {"ld/theirs": 0.4, "ld/ours": 0.1, "ld-rr/theirs": 0.4, "ld-rr/ours": 0.3},
+            "setting": {"dataset": "d", "arch": "lenet", "base_images": 100, "base_batch": 50, "target_batch": 1024,
+                        "threads": 1, "theirs": "t", "ours": "o"},
+            "reference": {"ld": "ref"}, "when": "w", "seconds_per_step": {"ld/ours": [0.1]}}
+    md = load_report().render(data, side)
+    assert "| lenet | 3.00 s | 1.00 s | 3.00x | ≥ 3x | met |" in md
+    assert "| convnet | 1.00 s | 2.00 s | 0.50x | ≥ 1.0x (no slower) | **missed** |" in md
+    assert "| ld-ipc10 | 200.0 ms | 300.0 ms |" in md  # (1.1 - 0.5) / 3 per step; 0.5 - 0.2 set-up
+    assert "| 10.00 s | 10.50 s | +5.0% | ≤ 3% | **missed** |" in md
+    assert "| 40.0 ms | ≤ 50 ms | met |" in md
+    assert "| `harness --help` | 200.0 ms | ≤ 1 s | met |" in md
+    assert "| ld | 400.0 ms | 100.0 ms | 0.25 | ≤ 0.5 | met |" in md
+    assert "| ld-rr | 400.0 ms | 300.0 ms | 0.75 | ≤ 0.5 | **missed** |" in md
+    assert "sldd |" not in md  # not measured: no row, no invented number
