@@ -111,13 +111,15 @@ class Replay:
 
 def fixture_task(cls, t: dict, settings: dict, iterations: int, nets: list):
     """A DistillTask whose make_model() returns the reference run's networks (the code's ConvNet at
-    width 32: our convnet with width=32 has the same parameters in the same order) in float64."""
+    width 32, instance norm or batch norm: our convnet with that width and norm has the same
+    parameters in the same order) in float64."""
     from harness import DistillTask
     from harness_vision.archs import build_convnet
 
     def make_model():
         it = len(nets)
-        net = build_convnet((1, 28, 28), 10, width=32).double()
+        net = build_convnet((1, 28, 28), 10, width=settings.get("width", 32),
+                            norm=settings.get("norm", "instancenorm")).double()
         params = list(net.parameters())
         assert len(params) == len([k for k in t if k.startswith(f"net_init.{it}.")])
         with torch.no_grad():
@@ -154,6 +156,9 @@ def run_distill(monkeypatch, cls, name: str, iterations: int):
 
 
 CASES = [pytest.param(DC, "dc", id="dc"), pytest.param(DCWithDSA, "dsa", id="dsa"), pytest.param(DM, "dm", id="dm")]
+# the code's batch-norm branches (ConvNetBN, built 32 wide): DC freezes the running statistics on 16
+# real images per class before each outer loop; DM embeds all classes in one batch
+BN_CASES = [pytest.param(DC, "dc_bn", id="dc-batchnorm"), pytest.param(DM, "dm_bn", id="dm-batchnorm")]
 
 
 @pytest.mark.parametrize("cls,name", CASES)
@@ -181,7 +186,7 @@ def test_defaults_are_the_reference_codes(cls, name):
         assert cfg.iterations == 1000  # main.py's --Iteration default (the fixture ran 3)
 
 
-@pytest.mark.parametrize("cls,name", CASES)
+@pytest.mark.parametrize("cls,name", CASES + BN_CASES)
 def test_iterations_match_the_reference_code(monkeypatch, cls, name):
     """3 outer iterations from the reference's state: losses, synthetic images after iterations 1 and
     3, and (DC, DSA) the networks after their inner-loop training, all within 1e-5 in float64."""

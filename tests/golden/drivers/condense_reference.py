@@ -147,10 +147,24 @@ def normalise(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels.to(torch.float64) / 255.0 - MEAN) / STD
 
 
-def run_loop(mods, method: str) -> dict:
-    """Run main.py (method DC/DSA) or main_DM.py (DM) for ITERATIONS iterations; return what happened."""
+BN_MODEL, BN_WIDTH = "ConvNetBN", 32  # the code's ConvNetBN (depth 3, batch norm), built 32 wide, not 128
+
+
+def run_loop(mods, method: str, model: str = MODEL) -> dict:
+    """Run main.py (method DC/DSA) or main_DM.py (DM) for ITERATIONS iterations; return what happened.
+
+    ``model=BN_MODEL``: the code's ``get_network("ConvNetBN")`` with its ``ConvNet`` constructor
+    given ``net_width=32`` instead of the default 128 (everything else as the code builds it), so the
+    weights fit a fixture; main.py's and main_DM.py's batch-norm branches run because of the name."""
     main = mods["main_DM" if method == "DM" else "main"]
     utils = mods["utils"]
+    if model == BN_MODEL:
+        wide = utils.ConvNet
+
+        def narrow(**kwargs):
+            return wide(**{**kwargs, "net_width": BN_WIDTH})
+
+        utils.ConvNet = narrow
     pixels, labels = tiny_data()
     images = normalise(pixels)
 
@@ -228,7 +242,7 @@ def run_loop(mods, method: str) -> dict:
     utils.time = ScriptedClock(random.Random(3).sample(range(100000), 1000))  # get_network's torch seed
     np.random.seed(0)
     torch.manual_seed(0)
-    argv = ["x", "--dataset", "TINY", "--model", MODEL, "--ipc", str(IPC), "--eval_mode", "none", "--num_exp", "1",
+    argv = ["x", "--dataset", "TINY", "--model", model, "--ipc", str(IPC), "--eval_mode", "none", "--num_exp", "1",
             "--num_eval", "0", "--Iteration", "1000", "--batch_real", str(BATCH_REAL)]
     if method != "DM":
         argv += ["--method", method]
@@ -245,7 +259,9 @@ def run_loop(mods, method: str) -> dict:
             pass
         finally:
             np.random.permutation, torch.utils.data.DataLoader = real_permutation, real_loader
-    rec["settings"] = {"method": method, "argv": argv[1:-4], "iterations": ITERATIONS, "model": MODEL, "ipc": IPC,
+    rec["settings"] = {"method": method, "argv": argv[1:-4], "iterations": ITERATIONS, "model": model, "ipc": IPC,
+                       "width": BN_WIDTH if model == BN_MODEL else 32,
+                       "norm": "batchnorm" if model == BN_MODEL else "instancenorm",
                        "outer_loop": LOOPS[0], "inner_loop": LOOPS[1], "batch_real": BATCH_REAL, "dtype": "float64",
                        "real_data": f"{NUM_CLASSES} classes x {PER_CLASS} uint8 {SHAPE} images, "
                                     f"x = (pixels / 255 - {MEAN}) / {STD} in float64",
@@ -277,7 +293,7 @@ def save_loop(rec: dict, name: str, functions: list[str]) -> list[Path]:
             "torch": torch.__version__, "driver": "tests/golden/drivers/condense_reference.py"}
     paths = [FIXTURES / f"{name}.safetensors"]
     _save(tensors, paths[0], meta)
-    if any(rec["net_final"]) and name != "dm":
+    if any(rec["net_final"]) and not name.startswith("dm"):
         nets = {f"net_after_{it}.{i}": p for it in (1, ITERATIONS) for i, p in enumerate(rec["net_final"][it - 1])}
         paths.append(FIXTURES / f"{name}_nets.safetensors")
         _save(nets, paths[1], meta)
@@ -341,7 +357,7 @@ def transforms_fixture(ref: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ref", type=Path, help="an export of the reference code (git archive of commit %s)" % REF_COMMIT)
-    parser.add_argument("--only", choices=["dc", "dsa", "dm", "transforms"], action="append")
+    parser.add_argument("--only", choices=["dc", "dsa", "dm", "dc_bn", "dm_bn", "transforms"], action="append")
     args = parser.parse_args()
     torch.set_num_threads(1)
     try:
@@ -351,21 +367,28 @@ def main() -> None:
     if head and head != REF_COMMIT:
         print(f"warning: {args.ref} is at {head}, fixtures are documented for {REF_COMMIT}", file=sys.stderr)
     FIXTURES.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ["dc", "dsa", "dm", "transforms"])
+    only = set(args.only or ["dc", "dsa", "dm", "dc_bn", "dm_bn", "transforms"])
     if "transforms" in only:
         transforms_fixture(args.ref)
-    for name, method, functions in [
-        ("dc", "DC", ["main.main (method DC)", "utils.get_network", "utils.match_loss", "utils.distance_wb", "utils.epoch",
+    bn = ["networks.ConvNet (net_norm batchnorm, net_width 32)"]
+    for name, method, model, functions in [
+        ("dc", "DC", MODEL, ["main.main (method DC)", "utils.get_network", "utils.match_loss", "utils.distance_wb", "utils.epoch",
                       "utils.TensorDataset", "networks.ConvNet"]),
-        ("dsa", "DSA", ["main.main (method DSA)", "utils.get_network", "utils.match_loss", "utils.distance_wb", "utils.epoch",
+        ("dsa", "DSA", MODEL, ["main.main (method DSA)", "utils.get_network", "utils.match_loss", "utils.distance_wb", "utils.epoch",
                         "utils.DiffAugment", "utils.ParamDiffAug", "utils.TensorDataset", "networks.ConvNet"]),
-        ("dm", "DM", ["main_DM.main", "utils.get_network", "utils.DiffAugment", "utils.ParamDiffAug", "networks.ConvNet.embed"]),
+        ("dm", "DM", MODEL, ["main_DM.main", "utils.get_network", "utils.DiffAugment", "utils.ParamDiffAug",
+                             "networks.ConvNet.embed"]),
+        ("dc_bn", "DC", BN_MODEL, ["main.main (method DC, the BatchNorm branch: running statistics frozen on 16 "
+                                   "real images per class)", "utils.get_network", "utils.match_loss", "utils.epoch",
+                                   *bn]),
+        ("dm_bn", "DM", BN_MODEL, ["main_DM.main (the ConvNetBN branch: all classes embedded in one batch)",
+                                   "utils.get_network", "networks.ConvNet.embed", *bn]),
     ]:
         if name not in only:
             continue
         torch.set_default_dtype(torch.float64)
         try:
-            rec = run_loop(load_reference(args.ref, align_corners=True), method)
+            rec = run_loop(load_reference(args.ref, align_corners=True), method, model)
         finally:
             torch.set_default_dtype(torch.float32)
         save_loop(rec, name, functions)
