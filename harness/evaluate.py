@@ -10,10 +10,11 @@ trained on, so the distilled set and its random-subset baseline are compared pai
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,13 @@ class EvalResult:
     def std(self) -> float:
         m = self.mean
         return math.sqrt(sum((a - m) ** 2 for a in self.accs) / len(self.accs))
+
+
+def precision(autocast: str, device: torch.device) -> Any:
+    """A trial's ``autocast`` (grid key) as a context: bf16 autocast on the device, or nothing."""
+    if autocast == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def ld_protocol_applies(dset: DistilledSet) -> bool:
@@ -180,12 +188,14 @@ def evaluate(dset: DistilledSet, recipe: Recipe, build_model: Callable[[], nn.Mo
              test: tuple[torch.Tensor, torch.Tensor], seed: int, device: torch.device,
              init_state: dict[str, torch.Tensor] | None = None,
              on_model: Callable[[int, float], None] | None = None, mode: str = "auto",
-             tick: Callable[[], None] | None = None) -> EvalResult:
+             tick: Callable[[], None] | None = None, autocast: str = "none", compile: bool = False) -> EvalResult:
     """Train ``recipe.models`` fresh models on ``dset``; return their test accuracies.
 
     ``mode`` (the grid's ``eval_mode``): whether the K models train at once
     (:mod:`harness.vectorised`); the path taken is ``EvalResult.mode``. ``on_model(k, acc)`` is
-    called as each model is tested, ``tick()`` every epoch (the trial's time limit)."""
+    called as each model is tested, ``tick()`` every epoch (the trial's time limit).
+    ``autocast="bf16"`` trains and tests under bf16 autocast; ``compile`` runs each model through
+    ``torch.compile`` (sequential path; the grid allows both on CUDA only)."""
     from .vectorised import VECTORISED, choose_mode, probe, train_together
 
     if recipe.optimizer == "distilled" and dset.lrs is None:
@@ -208,13 +218,14 @@ def evaluate(dset: DistilledSet, recipe: Recipe, build_model: Callable[[], nn.Mo
         return model.to(device), torch.Generator().manual_seed(derive_seed(seed, "eval-batches", recipe.label, k))
 
     def tested(k: int, model: nn.Module) -> None:
-        acc = accuracy(model, *test)
+        with precision(autocast, device):
+            acc = accuracy(model, *test)
         result.accs.append(acc)
         if on_model:
             on_model(k, acc)
 
     first = fresh(0)
-    result.mode = choose_mode(first[0], recipe, device, mode)
+    result.mode = "sequential: compile" if compile else choose_mode(first[0], recipe, device, mode)
     if result.mode == VECTORISED:
         pairs = [first] + [fresh(k) for k in range(1, recipe.models)]
         models = [m for m, _ in pairs]
@@ -222,13 +233,18 @@ def evaluate(dset: DistilledSet, recipe: Recipe, build_model: Callable[[], nn.Mo
         if failed:
             result.mode = f"sequential: {failed}"
         else:
-            train_together(models, dset, recipe, [g for _, g in pairs], device, tick)
+            with precision(autocast, device):
+                train_together(models, dset, recipe, [g for _, g in pairs], device, tick)
             for k, model in enumerate(models):
                 tested(k, model)
     if result.mode != VECTORISED:
         for k in range(recipe.models):
             model, generator = first if k == 0 else fresh(k)
-            tested(k, train_model(model, dset, recipe, generator, device, tick))
+            if compile:
+                model = torch.compile(model)
+            with precision(autocast, device):
+                train_model(model, dset, recipe, generator, device, tick)
+            tested(k, model)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - start

@@ -19,10 +19,10 @@ from typing import Any
 from .errors import ConfigError, HarnessError
 from .init import INIT_SCHEMES, distill_init
 from .specs import TrialSpec, capabilities_of, carries_init, check_trial
-from .trial import AUGMENTS, DEFAULT_LR, INITS, OPTIMIZERS, Recipe, Trial
+from .trial import AUGMENTS, AUTOCASTS, DEFAULT_LR, INITS, OPTIMIZERS, Recipe, Trial
 from .vectorised import check_eval_mode
 
-TOP_KEYS = {"name", "seeds", "device", "executor", "trial_timeout", "checkpoint_every", "eval_mode", "grid", "eval", "distillers"}
+TOP_KEYS = {"name", "seeds", "device", "executor", "trial_timeout", "checkpoint_every", "eval_mode", "autocast", "compile", "grid", "eval", "distillers"}
 AXES = {"distiller", "dataset", "base_dataset", "arch", "ipc", "n"}
 EVAL_KEYS = {"archs", "optimizers", "models", "epochs", "lr", "batch_size", "init", "augment", "momentum", "weight_decay", "test_size",
              "model_init"}
@@ -217,6 +217,9 @@ def build_grid(doc: dict, plugins: Any, default_name: str = "grid", source: str 
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
+    autocast = _choice(f"{where}: autocast", _scalar(f"{where}: autocast", doc.get("autocast", "none"), str), AUTOCASTS)
+    compile_eval = _scalar(f"{where}: compile", doc.get("compile", False), bool)
+
     eval_doc = _table(f"{where}: [eval]", doc.get("eval", {}))
     configs_doc = doc.get("distillers", {})
     if not isinstance(configs_doc, dict):
@@ -272,6 +275,8 @@ def build_grid(doc: dict, plugins: Any, default_name: str = "grid", source: str 
         for d, ds, b, a, budget, seed in itertools.product(distillers, datasets, bases, archs, budgets, table_seeds):
             trial = _make_trial(plugins, tw, d, ds, b, a, budget_key, budget, seed, configs, eval_archs,
                                 optimizers, lr, common)
+            if autocast != "none" or compile_eval:
+                trial = dataclasses.replace(trial, autocast=autocast, compile=compile_eval, settings=trial.settings)
             trials.setdefault(trial.key, trial)  # identical trials from overlapping tables run once
     return Grid(name=name, seeds=seeds, device=device, executor=executor, trials=list(trials.values()), source=source,
                 trial_timeout=timeout, checkpoint_every=every, eval_mode=eval_mode)

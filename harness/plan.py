@@ -80,6 +80,12 @@ def prepare(grid: Grid, plugins: Any, data_dir: Path | None = None, device: str 
     from .data import DataCache, check_budgets, default_data_dir, resolve_device
 
     dev = resolve_device(device or grid.device)
+    fast = sorted({k for t in grid.trials for k, on in (("autocast", t.autocast != "none"), ("compile", t.compile)) if on})
+    if fast and dev.type != "cuda":
+        from .errors import ConfigError
+
+        raise ConfigError(f"{' and '.join(fast)} speed up CUDA runs; this grid runs on {dev.type}: remove "
+                          f"{' and '.join(fast)} from the grid, or run with --device cuda")
     data = DataCache(plugins, Path(data_dir) if data_dir else default_data_dir(), dev)
     for trial in grid.trials:  # every dataset is loaded (or found missing) before any compute
         for name in {trial.dataset, trial.base_dataset}:

@@ -46,6 +46,11 @@ def runs_frame(tracker: Any, experiment: str, keys: set[str] | None = None) -> A
         row["eval_epochs"], row["eval_models"] = p.get("eval.epochs", "?"), p.get("eval.models", "?")
         row["eval_test_size"] = p.get("eval.test_size", "0")
         row["init"] = _inits(p.get("cfg.model_init", "default"), p.get("eval.model_init", "default"))
+        speed = [p["autocast"]] if p.get("autocast", "none") != "none" else []
+        if p.get("compile") == "True":
+            speed.append("compiled")
+        if speed:  # the CUDA speed options change the numbers: their rows stay apart, labelled
+            row["init"] += ", " + " ".join(speed)
         row.update(seed=int(p.get("seed", 0)), status=run.info.status, error=run.data.tags.get("error", ""),
                    trial_key=run.data.tags.get(TRIAL_KEY), grid_key=key, run_id=run.info.run_id)
         row["_cfg"] = {k[4:]: v for k, v in p.items() if k.startswith("cfg.")}

@@ -172,7 +172,9 @@ def _distill(bound: BoundTrial, ctx: TrialContext, result: TrialResult):
     torch.manual_seed(derive_seed(trial.seed, "global"))  # for distillers that use the global RNG
     if checkpoints is not None:
         checkpoints.attach(task, counter)
-    with Measure(ctx.device) as measure:
+    from .evaluate import precision
+
+    with Measure(ctx.device) as measure, precision(trial.autocast, ctx.device):
         try:
             dset = cls().distill(task)
         except (Exception, SystemExit):
@@ -216,7 +218,7 @@ def _evaluate_all(bound: BoundTrial, ctx: TrialContext, dset: Any, result: Trial
             build = bound.builder(recipe.arch)
             test = ctx.data.test(trial.dataset, recipe.test_size)
             ev = evaluate(dset, recipe, build, test, trial.seed, ctx.device, dset.init_state, on_model,
-                          mode=ctx.eval_mode, tick=ctx.check_time)
+                          mode=ctx.eval_mode, tick=ctx.check_time, autocast=trial.autocast, compile=trial.compile)
             result.tags[f"eval.mode/{recipe.label}"] = ev.mode
             eval_seconds += ev.seconds
             rand = _random_baseline(bound, recipe, ctx, dset, ev)
@@ -255,7 +257,7 @@ def _random_baseline(bound: BoundTrial, recipe: Recipe, ctx: TrialContext, dset:
     n, ipc = trial.n, trial.ipc
     # "ld-protocol": the subset trains for the set's own model lifetime and batch, which are part of the key
     protocol = {k: dset.meta[k] for k in LD_PROTOCOL_META} if recipe.optimizer == "ld-protocol" else {}
-    key = (trial.dataset, ipc, n, trial.seed, recipe, tuple(protocol.values()))
+    key = (trial.dataset, ipc, n, trial.seed, recipe, tuple(protocol.values()), trial.autocast, trial.compile)
     if recipe.init == "random" and key in ctx.baselines:
         return ctx.baselines[key]
     gen = torch.Generator().manual_seed(derive_seed(trial.seed, "random-subset", trial.dataset))
@@ -263,7 +265,7 @@ def _random_baseline(bound: BoundTrial, recipe: Recipe, ctx: TrialContext, dset:
     subset.meta.update(protocol)
     ev = evaluate(subset, recipe, bound.builder(recipe.arch), ctx.data.test(trial.dataset, recipe.test_size),
                   trial.seed, ctx.device, dset.init_state, on_model=lambda k, acc: ctx.check_time(),
-                  mode=ctx.eval_mode, tick=ctx.check_time)
+                  mode=ctx.eval_mode, tick=ctx.check_time, autocast=trial.autocast, compile=trial.compile)
     if recipe.init == "random":
         ctx.baselines[key] = ev
     return ev

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 OPTIMIZERS = ("sgd", "adam", "distilled", "ld-protocol")
+AUTOCASTS = ("none", "bf16")
 INITS = ("random", "known")
 AUGMENTS = ("none", "dsa")
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "ld-protocol": 0.001}
@@ -77,6 +78,11 @@ class Trial:
     # the validated Config instance ``config`` lists (built once by the grid, handed to the
     # distiller as is); not part of equality or the key, which ``config`` defines
     settings: Any = field(default=None, compare=False, repr=False)
+    # CUDA speed options (grid keys ``autocast`` and ``compile``): bf16 autocast around distillation
+    # and evaluation, torch.compile of the evaluation models. They change the numbers, so they are
+    # keyed, but only when on: the keys of runs made before they existed stay valid.
+    autocast: str = "none"
+    compile: bool = False
 
     @property
     def budget(self) -> str:
@@ -115,6 +121,10 @@ class Trial:
             "recipes": [asdict(r) for r in self.recipes],
             "versions": [list(v) for v in self.versions],
         }
+        if self.autocast != "none":
+            payload["autocast"] = self.autocast
+        if self.compile:
+            payload["compile"] = True
         return _hash(payload)
 
     def params(self) -> dict[str, Any]:
@@ -132,6 +142,8 @@ class Trial:
         out.update({f"cfg.{k}": v for k, v in self.config})
         out.update(self.recipes[0].params())
         out["eval.recipes"] = ",".join(r.label for r in self.recipes)
+        if self.autocast != "none" or self.compile:  # recorded when on (one grid: all trials alike)
+            out.update(autocast=self.autocast, compile=self.compile)
         out.update({f"data.{name}": fp for name, fp in self.data})
         return out
 
