@@ -10,6 +10,7 @@ from typing import Any
 
 from .errors import HarnessError, one_line
 from .grid import Grid
+from .lifecycle import env_seconds
 
 
 @dataclass
@@ -27,6 +28,9 @@ class BenchOutcome:
         return self.failed == 0
 
 
+STREAM_ENV = "HARNESS_STREAM_SECONDS"
+
+
 class Driver:
     """The driver side of running trials: each trial's run is created when the trial starts
     (RUNNING, params logged, claimed against other drivers), its curves are streamed while it runs,
@@ -37,6 +41,7 @@ class Driver:
         self.tracker, self.experiment, self.exp_id, self.parent_id = tracker, experiment, experiment_id, parent_id
         self.cfg_fields, self.ctx, self.heartbeat = cfg_fields, ctx, heartbeat
         self.count_finished = count_finished
+        self.stream_every = env_seconds(STREAM_ENV, (10.0,))[0]  # seconds between live curve batches
 
     def run(self, bound: Any) -> Any:
         """Start, claim and run one trial (in this process); the result carries its run id."""
@@ -58,7 +63,7 @@ class Driver:
         if taken:
             return TrialResult(trial, SKIPPED, error=f"{taken} by another driver")
         self.heartbeat.hold(run_id)
-        stream = CurveStream(lambda points: self.tracker.log_points(run_id, points))
+        stream = CurveStream(lambda points: self.tracker.log_points(run_id, points), every=self.stream_every)
         self.ctx.stream = stream.add
         try:
             result = run_trial(bound, self.ctx)
@@ -127,6 +132,9 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
     from .tracking import Tracker
 
     console = console or Console(stderr=False)
+    from .tracking import RETRY_ENV, RETRY_WAITS
+
+    env_seconds(STREAM_ENV, (10.0,)), env_seconds(RETRY_ENV, RETRY_WAITS)  # malformed: one line, before data
     plan = prepare(grid, plugins, data_dir, device)  # every check that needs data, before compute
     data, dev, grid = plan.data, plan.device, plan.grid  # the plan's trials carry data fingerprints
 

@@ -141,3 +141,21 @@ class CurveStream:
         self.sent += len(self._buffer)
         self._buffer = []
         self._every, self._failing = self._base_every, False
+
+
+def env_seconds(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """Seconds from the environment variable ``name`` (comma-separated, each >= 0), else
+    ``default``; a malformed value is one line naming the variable."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        values = tuple(float(v) for v in raw.split(","))
+    except ValueError:
+        values = ()
+    if not values or any(not (v >= 0) or v == float("inf") for v in values):
+        from .errors import HarnessError
+
+        raise HarnessError(f"{name}={raw!r} is not a comma-separated list of seconds >= 0 (e.g. "
+                           f"{','.join(f'{d:g}' for d in default)}); fix or unset it")
+    return values

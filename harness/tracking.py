@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import HarnessError, one_line
-from .lifecycle import HEARTBEAT, claim_order, driver_tags, is_dead, last_alive_ms, now_ms
+from .lifecycle import HEARTBEAT, claim_order, driver_tags, env_seconds, is_dead, last_alive_ms, now_ms
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 RUN_KIND, TRIAL_KEY, GRID_KEY = "run_kind", "trial_key", "grid_key"
 PAGE = 1000
 RETRY_WAITS = (1.0, 3.0, 9.0)  # backoff between attempts of a store call that failed transiently
+RETRY_ENV = "HARNESS_STORE_RETRY_WAITS"  # e.g. "2,10,60" for a distant server; "0" for one quick retry
 TRANSIENT = ("connection refused", "connection reset", "connection aborted", "max retries exceeded", "timed out",
              "temporarily unavailable", "database is locked", "remote end closed", "bad gateway",
              "service unavailable", "gateway timeout", "too many requests")
@@ -120,8 +121,9 @@ class Tracker:
 
         self.uri = resolve_tracking_uri(uri)
         self._lock = threading.RLock()
+        waits = env_seconds(RETRY_ENV, RETRY_WAITS)
         with _store_lock(self.uri):  # creating (migrating) the store happens here: a broken one fails in one line
-            self.client = _Retrying(self._guard(lambda: MlflowClient(tracking_uri=self.uri)))
+            self.client = _Retrying(self._guard(lambda: MlflowClient(tracking_uri=self.uri)), waits)
             if self.uri.startswith("sqlite:///"):
                 self._guard(lambda: self.client.search_experiments(max_results=1))
 

@@ -76,13 +76,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(tmp_path: Path, port: int, timeout: float = 300.0):
+def start_mlflow_server(tmp_path: Path, port: int, timeout: float = 300.0, template: Path | None = None):
     """A real ``mlflow server`` on 127.0.0.1 over ``tmp_path/server.db``; returns (process, uri) once
-    it answers /health (a generous deadline: a loaded machine starts it slowly)."""
+    it answers /health (a generous deadline: a loaded machine starts it slowly). ``template``: a
+    migrated store copied in first when there is none yet (the server then skips its migrations)."""
     import subprocess
     import time
     import urllib.request
 
+    if template is not None and not (tmp_path / "server.db").exists():
+        shutil.copy(template, tmp_path / "server.db")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",

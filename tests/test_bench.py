@@ -333,11 +333,11 @@ def test_cli_exit_code_is_1_when_a_trial_fails(tmp_path, tracking_uri, tests_plu
 
 
 @pytest.mark.slow
-def test_http_tracking_server_via_env(tmp_path):
+def test_http_tracking_server_via_env(tmp_path, mlflow_template):
     """MLFLOW_TRACKING_URI pointing at a real `mlflow server` (bound to 127.0.0.1)."""
     from conftest import free_port, start_mlflow_server, stop_mlflow_server
 
-    server, uri = start_mlflow_server(tmp_path, free_port())
+    server, uri = start_mlflow_server(tmp_path, free_port(), template=mlflow_template)
     try:
         grid = tmp_path / "g.toml"
         grid.write_text('name = "remote"\n[[grid]]\ndistiller = ["random"]\ndataset = ["digits"]\narch = ["mlp"]\n'

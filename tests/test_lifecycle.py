@@ -377,3 +377,25 @@ def test_a_trial_interrupted_while_evaluated_resumes_at_evaluation(tmp_path, mon
     assert result.passed, result.error
     assert result.metrics["n_distilled"] == first_set.n and "acc_mean" in result.metrics
     assert not (tmp_path / "ck" / bound.trial.key).exists()  # gone once the trial ended
+
+
+@pytest.mark.parametrize("raw,expected", [("", (10.0,)), ("2.5", (2.5,)), ("0,1,3", (0.0, 1.0, 3.0))])
+def test_stream_and_retry_seconds_come_from_the_environment(monkeypatch, raw, expected):
+    from harness.lifecycle import env_seconds
+
+    monkeypatch.setenv("HARNESS_STREAM_SECONDS", raw)
+    assert env_seconds("HARNESS_STREAM_SECONDS", (10.0,)) == expected
+
+
+@pytest.mark.parametrize("raw", ["soon", "-1", "1,,2", "inf", "nan"])
+def test_a_malformed_seconds_variable_is_one_line_before_data(monkeypatch, raw, tiny_plugins, tracking_uri, tmp_path):
+    from harness.bench import run_bench
+    from harness.errors import HarnessError
+    from harness.grid import build_grid
+
+    monkeypatch.setenv("HARNESS_STORE_RETRY_WAITS", raw)
+    grid = build_grid({"grid": [{"distiller": "random", "dataset": "tiny", "arch": "tiny-mlp", "ipc": 1}]},
+                      tiny_plugins)
+    with pytest.raises(HarnessError, match=r"^HARNESS_STORE_RETRY_WAITS=.* is not a comma-separated list of "
+                                           r"seconds >= 0 \(e\.g\. 1,3,9\); fix or unset it$"):
+        run_bench(grid, tiny_plugins, tracking_uri=tracking_uri, data_dir=tmp_path)

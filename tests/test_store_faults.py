@@ -110,18 +110,21 @@ def test_a_failed_log_spools_the_finished_trial_and_the_next_bench_logs_it_witho
 
 
 @pytest.mark.slow
-def test_a_tracking_server_lost_mid_grid_loses_nothing(tmp_path, tests_plugin_env):
+def test_a_tracking_server_lost_mid_grid_loses_nothing(tmp_path, tests_plugin_env, mlflow_template):
     """A real `mlflow server` stopped while a trial runs and restarted: the finished trial is spooled,
     `harness sync` logs it into its own run, and the rerun only computes the trial never finished."""
     port = free_port()
-    server, uri = start_mlflow_server(tmp_path, port)
-    grid = write_grid(tmp_path, steps=1000, seconds=0.02, seeds=[0, 1])  # ~20 s of distilling per trial
-    env = {**tests_plugin_env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    server, uri = start_mlflow_server(tmp_path, port, template=mlflow_template)
+    grid = write_grid(tmp_path, steps=400, seconds=0.02, seeds=[0, 1])  # ~8 s of distilling per trial
+    # curves streamed every second (the trial is computing once points arrive), retries short: the
+    # server is gone for good until the test restarts it
+    env = {**tests_plugin_env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "HARNESS_STREAM_SECONDS": "1",
+           "HARNESS_STORE_RETRY_WAITS": "0.2,0.2"}
     try:
         proc = start_driver(grid, uri, env, tmp_path)
         try:
             run = wait_for(lambda: running_trial(uri), "the first trial's run to be RUNNING")
-            tracker = Tracker(uri)  # its first curve points arrive ~10 s into the trial: it is computing
+            tracker = Tracker(uri)  # its first curve points arrive ~1 s into the trial: it is computing
             wait_for(lambda: tracker.client.get_metric_history(run.info.run_id, "distill/loss"), "streamed points")
             stop_mlflow_server(server, hard=True)  # gone at once, seconds before the trial ends
             out, err = proc.communicate(timeout=900)
@@ -130,7 +133,7 @@ def test_a_tracking_server_lost_mid_grid_loses_nothing(tmp_path, tests_plugin_en
         assert proc.returncode == 2, out + err
         assert "Traceback" not in out + err and len(err.splitlines()) == 1
         assert "its results are kept in" in err and "seed0" in err
-        server, uri = start_mlflow_server(tmp_path, port)
+        server, uri = start_mlflow_server(tmp_path, port, template=mlflow_template)
         sync = harness("sync", "--tracking-uri", uri, cwd=tmp_path, env=env)
         assert sync.returncode == 0 and "logged 1 of 1 spooled trial(s)" in sync.stdout, sync.stdout + sync.stderr
         rerun = harness("bench", str(grid), "--tracking-uri", uri, cwd=tmp_path, env=env)
