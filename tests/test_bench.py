@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_in_process import run_harness
 from harness.bench import run_bench
 from harness.grid import build_grid
 from harness.report import leaderboard, runs_frame, write_report
@@ -281,6 +282,7 @@ def test_cli_bench_then_report_on_the_quick_grid(tracking_uri, tmp_path):
     grid = REPO / "benchmarks" / "grids" / "quick.toml"
     args = ["--set", "eval.epochs=2", "--set", "eval.models=1", "--set", "seeds=[0]", "--set", 'grid.arch=["mlp"]',
             "--tracking-uri", tracking_uri, "--device", "cpu"]
+    harness_cli = run_harness  # in this process (tests/cli_in_process.py)
     res = harness_cli("bench", str(grid), *args, cwd=tmp_path)
     assert res.returncode == 0, res.stderr + res.stdout
     assert "3 passed, 0 failed" in res.stdout
@@ -312,7 +314,7 @@ def test_cli_default_store_is_sqlite_under_results(tmp_path, mlflow_template):
     grid = tmp_path / "g.toml"
     grid.write_text('name = "dflt"\n[[grid]]\ndistiller = ["random"]\ndataset = ["digits"]\narch = ["mlp"]\n'
                     'ipc = [1]\n[eval]\nepochs = 1\nmodels = 1\n')
-    res = harness_cli("bench", str(grid), "--device", "cpu", cwd=tmp_path)
+    res = run_harness("bench", str(grid), "--device", "cpu", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": None})
     assert res.returncode == 0, res.stderr + res.stdout
     assert (tmp_path / "results" / "mlartifacts" / "dflt").is_dir()
     assert not (tmp_path / "mlruns").exists()
@@ -342,7 +344,7 @@ def test_http_tracking_server_via_env(tmp_path, mlflow_template):
         grid = tmp_path / "g.toml"
         grid.write_text('name = "remote"\n[[grid]]\ndistiller = ["random"]\ndataset = ["digits"]\narch = ["mlp"]\n'
                         'ipc = [1]\n[eval]\nepochs = 1\nmodels = 1\n')
-        res = harness_cli("bench", str(grid), "--device", "cpu", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+        res = run_harness("bench", str(grid), "--device", "cpu", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
         assert res.returncode == 0, res.stderr + res.stdout
         tracker = Tracker(uri)
         runs = tracker.trial_runs(tracker.experiment_id("remote", create=False))

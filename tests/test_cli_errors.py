@@ -27,10 +27,19 @@ models = 1
 """
 
 
-def harness_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    for var in ("HARNESS_PLUGINS", "HARNESS_DISABLE_PLUGIN_AUTOLOAD", "MLFLOW_TRACKING_URI"):
-        env.pop(var, None)
+CLEAN_ENV = ("HARNESS_PLUGINS", "HARNESS_DISABLE_PLUGIN_AUTOLOAD", "MLFLOW_TRACKING_URI")
+
+
+def harness_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The command in this process (tests/cli_in_process.py), with no plugin or store variables set."""
+    from cli_in_process import run_harness
+
+    return run_harness(*args, cwd=cwd, env={var: None for var in CLEAN_ENV})
+
+
+def harness_process(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The installed command in a fresh process: what a user's terminal shows, warnings included."""
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -68,6 +77,16 @@ def test_validate_errors(tmp_path, content, extra, fragments):
     proc = harness_cli("validate", "grid.toml", *extra, cwd=tmp_path)
     assert_one_error_line(proc, *fragments)
     assert proc.stdout == ""
+
+
+def test_the_installed_command_prints_the_same_one_line(tmp_path):
+    """In a fresh process too (warnings, logging and all): one line, exit code 2."""
+    (tmp_path / "grid.toml").write_text(GOOD.replace('"random"', '"rnadom"'))
+    proc = harness_process("validate", "grid.toml", cwd=tmp_path)
+    assert_one_error_line(proc, "grid.toml: [[grid]] #1: unknown distiller 'rnadom'; did you mean 'random'?")
+    proc = harness_process("bench", "grid.toml", "--set", "grid.distiller=random", "--set", "grid.ipc=[1000]",
+                           "--device", "cpu", cwd=tmp_path)
+    assert_one_error_line(proc, "ipc = 1000 but class")
 
 
 def test_validate_quick_grid():
