@@ -94,6 +94,8 @@ class Checkpoints:
         self._last = time.monotonic()
         self.saved = 0
         self.failures = 0  # saves that failed (the trial went on without them)
+        self.earlier_seconds = 0.0  # distillation time of the runs before a restore, up to their checkpoint
+        self._started = time.monotonic()
 
     def due(self, step: int) -> bool:
         if self.every_steps and step % self.every_steps == 0:
@@ -160,11 +162,15 @@ class Checkpoints:
         """Wire ``task.checkpoint`` / ``task.restore`` to these checkpoints."""
         import torch
 
+        self._started = time.monotonic()
+
         def checkpoint(step: int, state_fn: Callable[[], dict]) -> None:
             if self.due(step):
+                seconds = self.earlier_seconds + time.monotonic() - self._started
                 try:
                     self.save(step, state_fn(), {"generator": task.generator.get_state(),
-                                                 "torch_rng": torch.get_rng_state(), "models_built": counter.count})
+                                                 "torch_rng": torch.get_rng_state(), "models_built": counter.count,
+                                                 "seconds": seconds})
                 except OSError:  # a full or read-only disk: the trial goes on, only less resumable
                     self.failures += 1
                     self._last = time.monotonic()
@@ -177,6 +183,7 @@ class Checkpoints:
             task.generator.set_state(harness["generator"])
             torch.set_rng_state(harness["torch_rng"])
             counter.count = int(harness["models_built"])
+            self.earlier_seconds = float(harness.get("seconds", 0.0))  # absent in checkpoints made before it was kept
             return int(saved["step"]), saved["state"]
 
         task._checkpoint, task._restore = checkpoint, restore

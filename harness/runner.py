@@ -188,6 +188,8 @@ def _distill(bound: BoundTrial, ctx: TrialContext, result: TrialResult):
     if trial.n is not None and dset.n != trial.n:  # a budget-free distiller (full) has trial.n None
         raise TrialError(f"distiller '{trial.distiller}' returned {dset.n} examples for a budget of {trial.n} "
                          f"({trial.budget}); a distilled set must have exactly the budget's size")
+    if checkpoints is not None and checkpoints.earlier_seconds:  # resumed: the time it took before counts too
+        measure = SimpleNamespace(seconds=measure.seconds + checkpoints.earlier_seconds, peak_mb=measure.peak_mb)
     if checkpoints is not None and dset.n <= MAX_SAVED_EXAMPLES:  # kept until the trial is logged
         checkpoints.save_finished(dset, {"distill_seconds": measure.seconds, "peak_mb": measure.peak_mb,
                                          "curves": result.curves})

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from harness.lifecycle import HEARTBEAT, HOST, PID, STALE_SECONDS, CurveStream, Heartbeat, is_dead, now_ms
 from harness.tracking import Tracker
@@ -275,6 +276,7 @@ def test_an_interrupted_trial_resumes_from_its_mid_trial_checkpoint(tmp_path, tr
                     and r.data.tags["run_kind"] == "trial")
     steps = [m.step for m in tracker.client.get_metric_history(finished.info.run_id, "distill/loss")]
     assert steps and min(steps) > 0 and max(steps) == 599  # it continued, it did not start over
+
     assert not list((tmp_path / "ck").glob("*/skeleton.json"))  # gone once the trial finished
 
 
@@ -399,3 +401,23 @@ def test_a_malformed_seconds_variable_is_one_line_before_data(monkeypatch, raw, 
     with pytest.raises(HarnessError, match=r"^HARNESS_STORE_RETRY_WAITS=.* is not a comma-separated list of "
                                            r"seconds >= 0 \(e\.g\. 1,3,9\); fix or unset it$"):
         run_bench(grid, tiny_plugins, tracking_uri=tracking_uri, data_dir=tmp_path)
+
+
+def test_a_resumed_distillation_counts_the_time_before_its_checkpoint(tmp_path, monkeypatch):
+    import harness.checkpoint as checkpoint
+    from harness.checkpoint import Checkpoints
+    from harness.testing import _make_task
+    from harness_distillers.sldd import SLDD
+
+    clock = [1000.0]
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: clock[0])
+    task, counter = _make_task(SLDD, ipc=1, outer_steps=2, steps=1, epochs=1)
+    first = Checkpoints(tmp_path / "trial", every_seconds=None, every_steps=1)
+    first.attach(task, counter)
+    clock[0] += 100.0  # 100 s of distilling, then a checkpoint
+    task.checkpoint(1, lambda: {"x": torch.zeros(1)})
+    task, counter = _make_task(SLDD, ipc=1, outer_steps=2, steps=1, epochs=1)
+    again = Checkpoints(tmp_path / "trial", every_seconds=None, every_steps=1)
+    again.attach(task, counter)
+    assert again.earlier_seconds == 0.0 and task.restore()[0] == 1
+    assert again.earlier_seconds == 100.0  # the runner adds it to distill_seconds
