@@ -11,9 +11,9 @@ its own. Only float summation order differs (a batched convolution runs as a gro
 per-model accuracies equal the sequential path's within float tolerance (tests/test_vectorised.py).
 
 Which path runs is the grid's ``eval_mode``: ``auto`` (default) vectorises on CUDA, where K small
-models leave the device idle one at a time, and stays sequential on CPU, where the batched kernels
-measured slower than K separate ones (results/perf.md); ``vectorised`` asks for it on any device;
-``sequential`` never. Whatever is asked, a model or recipe it cannot do exactly falls back to
+models leave the device idle one at a time, and on CPU only models without convolutions: there
+vmap's batched (grouped) convolutions measured slower than K separate ones, while an MLP trains
+1.5-1.7x faster (results/perf.md); ``vectorised`` asks for it on any device; ``sequential`` never. Whatever is asked, a model or recipe it cannot do exactly falls back to
 sequential. The choice and its reason are the trial tag ``eval.mode/<recipe>``.
 """
 
@@ -67,8 +67,9 @@ def choose_mode(model: "nn.Module", recipe: "Recipe", device: "torch.device", re
     why = obstacle(model)
     if why:
         return f"sequential: {why}"
-    if requested == "auto" and device.type != "cuda":
-        return f"sequential: {device.type} (auto vectorises on cuda only)"
+    if requested == "auto" and device.type != "cuda" and any(type(m).__name__.startswith("Conv")
+                                                              for m in model.modules()):
+        return f"sequential: convolutions on {device.type} (auto vectorises them on cuda only)"
     return VECTORISED
 
 

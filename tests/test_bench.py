@@ -87,7 +87,7 @@ def test_runs_are_nested_named_and_comparable(bench, tracking_uri):
         assert m["gain"] == pytest.approx(m["acc_mean"] - m["acc_random"])
         tags = r.data.tags
         assert len(tags["trial_key"]) == 16 and tags["device"] == "cpu" and tags["torch_version"]
-        assert tags["eval.mode/tiny-mlp/sgd"] == "sequential: cpu (auto vectorises on cuda only)"
+        assert tags["eval.mode/tiny-mlp/sgd"] == "vectorised"  # auto: an MLP on CPU
         assert tags["version.distill-harness"] == "0.1.0" and "version.tests-plugins" in tags
         if r.data.params["distiller"] == "random":
             assert tags["version.harness-distillers"] == "0.1.0"
@@ -99,7 +99,7 @@ def test_runs_are_nested_named_and_comparable(bench, tracking_uri):
 def test_eval_mode_vectorised_gives_the_sequential_accuracies_and_is_tagged(bench, tracking_uri):
     doc = tiny_doc()
     doc["grid"][0]["distiller"] = ["random", "means"]
-    bench(doc)
+    bench({**doc, "eval_mode": "sequential"})
     _, runs = children(tracking_uri)
     sequential = {r.info.run_name: r.data.metrics["acc_mean"] for r in runs}
     bench({**doc, "name": "tiny-bench-vec", "eval_mode": "vectorised"})

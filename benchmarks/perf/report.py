@@ -57,7 +57,8 @@ def render(data: dict, side: dict | None = None) -> str:
             target, ok = (("≥ 1.0x (no slower)", speedup >= 1.0) if g == "eval-convnet" else ("≥ 3x", speedup >= 3))
             out.append(f"| {g[5:]} | {_fmt(seq['stats']['mean'])} | {_fmt(vec['stats']['mean'])} | "
                        f"{speedup:.2f}x | {target} | {_verdict(ok)} |")
-        out += ["", "`eval_mode = \"auto\"` vectorises on CUDA only, because of these CPU figures.", ""]
+        out += ["", "Because of these CPU figures, `eval_mode = \"auto\"` vectorises convolutional models on "
+                "CUDA only, and models without convolutions (MLP) everywhere.", ""]
 
     if "outer-step" in groups:
         out += ["## Distillation: time per outer step (mnist-subset, LeNet, CPU)", "",
