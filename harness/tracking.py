@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import threading
 import time
@@ -328,14 +327,15 @@ class Tracker:
 
     def _log(self, run_id: str, params: dict | None = None, metrics: Iterable | None = None,
              tags: dict | None = None) -> None:
-        """Batched logging, chunked to MLflow's per-request limits (1,000 metrics, 100 params,
-        100 tags): one request (one store transaction) for a typical trial."""
+        """Batched logging within MLflow's per-request limits (100 params, 100 tags, 1,000 metrics,
+        1,000 entities in all): one request (one store transaction) for a typical trial."""
         from mlflow.entities import Param, RunTag
 
         plist = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
         tlist = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         mlist = list(metrics or [])
-        chunks = max(math.ceil(len(plist) / 100), math.ceil(len(tlist) / 100), math.ceil(len(mlist) / 1000))
-        for c in range(chunks):
-            self.client.log_batch(run_id, metrics=mlist[c * 1000 : (c + 1) * 1000],
-                                  params=plist[c * 100 : (c + 1) * 100], tags=tlist[c * 100 : (c + 1) * 100])
+        while plist or tlist or mlist:
+            p, t = plist[:100], tlist[:100]
+            m = mlist[: 1000 - len(p) - len(t)]
+            plist, tlist, mlist = plist[len(p):], tlist[len(t):], mlist[len(m):]
+            self.client.log_batch(run_id, metrics=m, params=p, tags=t)

@@ -151,3 +151,22 @@ def test_transient_errors_are_told_apart_from_bad_requests():
     assert is_transient(RuntimeError("HTTPConnectionPool: Max retries exceeded with url"))
     assert is_transient(RuntimeError("(sqlite3.OperationalError) database is locked"))
     assert not is_transient(ValueError("Invalid parameter value"))
+
+
+def test_a_trial_with_many_points_params_and_tags_is_logged_within_mlflows_batch_limits(tracking_uri):
+    """MLflow refuses a request over 1,000 entities (metrics + params + tags): a trial whose unsent
+    curve points, per-model accuracies and tags exceed that is logged in several requests."""
+    from harness.runner import TrialResult
+    from harness.trial import Recipe, Trial
+
+    tracker = Tracker(tracking_uri)
+    exp = tracker.experiment_id("limits")
+    trial = Trial("random", "digits", "digits", "mlp", 10, 100, 0, tuple((f"f{i}", i) for i in range(150)),
+                  (Recipe(arch="mlp"),))
+    result = TrialResult(trial, "passed", metrics={"acc_mean": 0.5}, per_model={"mlp/sgd": [0.5] * 5},
+                         curves=[(i, {"loss": 1.0, "err": 0.5}) for i in range(1500)],
+                         tags={f"t{i}": "x" for i in range(150)})
+    run_id = tracker.log_trial(exp, "", result)
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and len(run.data.params) >= 150 and "t149" in run.data.tags
+    assert len(tracker.client.get_metric_history(run_id, "distill/loss")) == 1500
