@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import shutil
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .errors import HarnessError, one_line
+from .errors import ConfigError, HarnessError, one_line
 from .grid import Grid
 from .lifecycle import env_seconds
 
@@ -42,9 +46,12 @@ class Driver:
         self.cfg_fields, self.ctx, self.heartbeat = cfg_fields, ctx, heartbeat
         self.count_finished = count_finished
         self.stream_every = env_seconds(STREAM_ENV, (10.0,))[0]  # seconds between live curve batches
+        self._lock = threading.Lock()  # the progress display, for executors running trials at once
 
-    def run(self, bound: Any) -> Any:
-        """Start, claim and run one trial (in this process); the result carries its run id."""
+    def run(self, bound: Any, compute: Callable | None = None) -> Any:
+        """Start, claim and run one trial; the result carries its run id. ``compute(bound, ctx)``
+        runs the trial elsewhere (an executor's worker; default: :func:`harness.runner.run_trial`
+        in this process). Thread-safe: executors may run several at once."""
         from .lifecycle import CurveStream
         from .runner import SKIPPED, TrialResult, run_trial
 
@@ -64,15 +71,26 @@ class Driver:
             return TrialResult(trial, SKIPPED, error=f"{taken} by another driver")
         self.heartbeat.hold(run_id)
         stream = CurveStream(lambda points: self.tracker.log_points(run_id, points), every=self.stream_every)
-        self.ctx.stream = stream.add
+        ctx = copy.copy(self.ctx)  # this trial's: its own stream and deadline
+        ctx.stream = stream.add
+        progress = self.ctx.progress
         try:
-            result = run_trial(bound, self.ctx)
+            if compute is None:
+                result = run_trial(bound, ctx)
+            else:  # elsewhere: the progress display only hears of its start and end
+                ctx.progress = None
+                started = time.perf_counter()
+                if progress:
+                    with self._lock:
+                        progress.trial_started(trial)
+                result = compute(bound, ctx)
+                if progress:
+                    with self._lock:
+                        progress.trial_done(trial, result, time.perf_counter() - started)
         except BaseException:  # Ctrl-C, SIGTERM: the run ends KILLED, never left RUNNING
             self.heartbeat.release(run_id)
             self._end(run_id, "KILLED")
             raise
-        finally:
-            self.ctx.stream = None
         # the points not streamed yet go with the results in finish(): one store request, not two
         result.run_id, result.curves_sent = run_id, stream.sent
         return result
@@ -116,8 +134,10 @@ class Driver:
 
 
 def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data_dir: Path | None = None,
-              device: str | None = None, resume: bool = True, console: Any = None) -> BenchOutcome:
-    """Run every trial of ``grid`` not already finished in its MLflow experiment."""
+              device: str | None = None, resume: bool = True, console: Any = None,
+              workers: int | None = None) -> BenchOutcome:
+    """Run every trial of ``grid`` not already finished in its MLflow experiment. ``workers``: trials
+    at once, for executors that take it (``process``)."""
     import torch
     from rich.console import Console
 
@@ -135,6 +155,10 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
     from .tracking import RETRY_ENV, RETRY_WAITS
 
     env_seconds(STREAM_ENV, (10.0,)), env_seconds(RETRY_ENV, RETRY_WAITS)  # malformed: one line, before data
+    executor_cls = plugins.executors.get(grid.executor)
+    if workers is not None and "workers" not in inspect.signature(executor_cls).parameters:
+        raise ConfigError(f"--workers applies to executors that run trials at once (process); executor "
+                          f"'{grid.executor}' runs one at a time: drop --workers or add --executor process")
     plan = prepare(grid, plugins, data_dir, device)  # every check that needs data, before compute
     data, dev, grid = plan.data, plan.device, plan.grid  # the plan's trials carry data fingerprints
 
@@ -171,7 +195,7 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
     with Heartbeat(tracker.beat) as heartbeat:
         heartbeat.hold(parent)
         try:
-            executor = plugins.executors.get(grid.executor)()
+            executor = executor_cls(workers=workers) if workers is not None else executor_cls()
             with BenchProgress(console, len(todo), skipped) as progress:
                 ctx = TrialContext(data, dev, progress, timeout=grid.trial_timeout,
                                    checkpoint_every=grid.checkpoint_every, eval_mode=grid.eval_mode)

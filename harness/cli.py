@@ -52,7 +52,10 @@ def cli() -> None:
               help="Where datasets live [env HARNESS_DATA_DIR; default ~/.cache/distill-harness/data].")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Skip trials already finished in the experiment (matched by trial key).")
-def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume) -> None:
+@click.option("--executor", default=None, help="How trials run: inline | process | ... (default: the grid's).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Trials at once for the process executor (default: one per GPU, else 2).")
+def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume, executor, workers) -> None:
     """Run the grid in GRID_FILE and log every trial to MLflow.
 
     Exit code 0 when every trial passed, 1 when some failed, 2 for invalid input.
@@ -63,6 +66,8 @@ def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume) ->
     from .grid import check_device, load_grid, select_trials
 
     plugins = _plugins()
+    if executor:
+        overrides = (*overrides, f"executor={json.dumps(executor)}")
     grid = select_trials(load_grid(grid_file, list(overrides), plugins), only)
     if device:
         check_device(device, "--device")
@@ -70,7 +75,7 @@ def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume) ->
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends runs KILLED, as Ctrl-C does
     try:
         outcome = run_bench(grid, plugins, tracking_uri=tracking_uri, data_dir=data_dir, device=device,
-                            resume=resume, console=console)
+                            resume=resume, console=console, workers=workers)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if outcome.board is not None and len(outcome.board):

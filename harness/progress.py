@@ -67,9 +67,10 @@ class BenchProgress:
         if self._progress:
             self._progress.advance(self._trial)
 
-    def trial_done(self, trial: Any, result: Any) -> None:
+    def trial_done(self, trial: Any, result: Any, seconds: float | None = None) -> None:
+        """``seconds``: the trial's wall time, when trials run at once (default: since trial_started)."""
         self.done += 1
-        secs = time.perf_counter() - self._started
+        secs = time.perf_counter() - self._started if seconds is None else seconds
         if result.passed:
             m = result.metrics
             gain = f" gain {100 * m['gain']:+.2f}" if "gain" in m else ""

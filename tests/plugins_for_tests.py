@@ -101,6 +101,39 @@ class Sleeper:
         return DistilledSet(torch.cat(xs), y.float())
 
 
+class Dies:
+    """Kills its own process inside distill (a segfault or the OOM killer, as a worker sees it).
+    Only for the process executor: inline, it would kill the test run."""
+
+    name = "dies"
+
+    @dataclass
+    class Config:
+        pass
+
+    def distill(self, task):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Hangs:
+    """Sleeps inside distill without ever logging a step, so the harness's own time checks never
+    run: only an executor that kills its worker ends it. Only for the process executor."""
+
+    name = "hangs"
+
+    @dataclass
+    class Config:
+        pass
+
+    def distill(self, task):
+        import time
+
+        time.sleep(3600)
+
+
 @hookimpl
 def register_datasets(register):
     register(tiny_dataset())
@@ -140,3 +173,5 @@ def register_distillers(register):
     register(ProducesNaN)
     register(ClassMeans)
     register(Sleeper)
+    register(Dies)
+    register(Hangs)

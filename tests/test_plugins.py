@@ -245,12 +245,12 @@ def test_duplicate_distiller_name_names_both_distributions(tmp_path):
     assert "has 1 trials" in proc.stdout and proc.stderr == ""
 
 
-def test_disable_autoload_leaves_only_the_core_executor(tmp_path):
+def test_disable_autoload_leaves_only_the_core_executors(tmp_path):
     site = make_dist(tmp_path, {"mydist_broken": BROKEN}, {"broken": "mydist_broken"})
     doc = plugins_json(tmp_path, site, HARNESS_DISABLE_PLUGIN_AUTOLOAD="1")
     assert doc["problems"] == []  # the broken plugin is not even imported
     assert [(p["distribution"], p["registered"]) for p in doc["plugins"]] == [
-        (CORE_DISTRIBUTION, {"executors": ["inline"]})]
+        (CORE_DISTRIBUTION, {"executors": ["inline", "process"]})]
     proc = harness_cli("ls", "datasets", cwd=tmp_path, HARNESS_DISABLE_PLUGIN_AUTOLOAD="1")
     assert proc.returncode == 1
     assert proc.stdout == "" and "no datasets registered" in proc.stderr
@@ -474,7 +474,7 @@ def test_in_process_disable_autoload_values(monkeypatch, value, autoload):
     monkeypatch.setenv("HARNESS_DISABLE_PLUGIN_AUTOLOAD", value)
     plugins = load_plugins()
     assert ("digits" in plugins.datasets) is autoload
-    assert plugins.executors.names() == ["inline"]
+    assert plugins.executors.names() == ["inline", "process"]
     dists = {i.distribution for i in plugins.infos.values()}
     if autoload:
         assert BUILTIN_DISTRIBUTIONS <= dists

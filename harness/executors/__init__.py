@@ -4,6 +4,12 @@ An executor is a class with a ``name`` and ``run(trials, run_trial)`` that yield
 :class:`harness.runner.TrialResult` per trial, in any order. The trials are the plan's
 :class:`harness.plan.BoundTrial` objects (``.trial`` is the plain, picklable :class:`harness.trial.Trial`).
 ``run_trial(bound)`` never raises for a failing trial (it returns a FAILED result), so an executor
-only has to move work and results.
-Executors are registered with the ``register_executors`` hook; the core registers ``inline``.
+only has to move work and results. ``run_trial(bound, compute=f)`` runs the trial's compute
+elsewhere: the driver still creates, claims and ends the trial's run and streams its curves, and
+calls ``f(bound, ctx)``, which returns the TrialResult and may forward curve points to
+``ctx.stream(step, metrics)`` as they arrive; ``run_trial`` is thread-safe, so an executor may call
+it from several threads at once (``process`` does: one thread per worker slot).
+An executor that takes a ``workers`` keyword gets ``harness bench --workers N``.
+Executors are registered with the ``register_executors`` hook; the core registers ``inline`` and
+``process``.
 """

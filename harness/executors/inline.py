@@ -1,4 +1,5 @@
-"""The default executor: trials run one after another in the driver process."""
+"""The default executor: trials run one after another in the driver process. This module is the
+core's executor plugin: it registers ``inline`` and ``process`` (:mod:`harness.executors.process`)."""
 
 from __future__ import annotations
 
@@ -19,4 +20,7 @@ class InlineExecutor:
 
 @hookimpl
 def register_executors(register):
+    from .process import ProcessExecutor
+
     register(InlineExecutor)
+    register(ProcessExecutor)

@@ -1,0 +1,104 @@
+"""Executors: the ``process`` executor runs trials in worker processes, several at once, with the
+same results as ``inline``; a worker that dies or hangs fails only its trial."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from harness.bench import run_bench
+from harness.errors import ConfigError
+from harness.grid import build_grid
+from harness.tracking import Tracker
+
+DIGITS = {"name": "exec", "seeds": [0, 1], "device": "cpu",
+          "grid": [{"distiller": ["random", "dm"], "dataset": ["digits"], "arch": ["mlp"], "ipc": [1]}],
+          "eval": {"models": 2, "epochs": 5}, "distillers": {"dm": {"iterations": 5}}}
+
+
+def accuracies(uri: str, name: str) -> dict:
+    tracker = Tracker(uri)
+    return {r.info.run_name: (r.info.status, r.data.metrics.get("acc_mean"), r.data.tags.get("error"))
+            for r in tracker.trial_runs(tracker.experiment_id(name, create=False))}
+
+
+def test_process_and_inline_give_the_same_accuracies(tmp_path, mlflow_template):
+    """Same grid, same seeds, CPU: identical per-trial accuracies (workers run torch on one thread
+    here, as the test process does)."""
+    import shutil
+
+    from harness.plugins import load_plugins
+
+    plugins = load_plugins()
+    results = {}
+    for executor in ("inline", "process"):
+        shutil.copy(mlflow_template, tmp_path / f"{executor}.db")
+        uri = f"sqlite:///{tmp_path / executor}.db"
+        grid = build_grid({**copy.deepcopy(DIGITS), "executor": executor}, plugins)
+        outcome = run_bench(grid, plugins, tracking_uri=uri, data_dir=tmp_path, workers=2 if executor == "process" else None)
+        assert (outcome.passed, outcome.failed) == (4, 0)
+        results[executor] = accuracies(uri, "exec")
+    assert results["process"] == results["inline"]
+    assert all(status == "FINISHED" for status, _, _ in results["process"].values())
+
+
+@pytest.fixture
+def worker_plugins(tests_plugin_env, monkeypatch):
+    """Workers discover tests/plugins_for_tests.py through a real entry point (they load plugins
+    themselves); the driver gets the same set."""
+    from harness.plugins import load_plugins
+
+    import importlib
+    import os
+    import sys
+
+    monkeypatch.setenv("PYTHONPATH", tests_plugin_env["PYTHONPATH"])
+    sys.path.insert(0, tests_plugin_env["PYTHONPATH"].split(os.pathsep)[0])  # the driver sees the entry point too
+    importlib.invalidate_caches()
+    try:
+        yield load_plugins()
+    finally:
+        sys.path.pop(0)
+
+
+def test_a_worker_that_dies_or_hangs_fails_only_its_trial(tmp_path, tracking_uri, worker_plugins, monkeypatch):
+    import harness.executors.process as process
+
+    monkeypatch.setattr(process, "KILL_GRACE_SECONDS", 1.0)  # kill a hung worker 1 s past its limit
+    doc = {"name": "faults", "device": "cpu", "trial_timeout": 20, "executor": "process",
+           "grid": [{"distiller": ["dies", "hangs", "random"], "dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [1]}],
+           "eval": {"models": 1, "epochs": 2}}
+    grid = build_grid(doc, worker_plugins)
+    outcome = run_bench(grid, worker_plugins, tracking_uri=tracking_uri, data_dir=tmp_path, workers=2)
+    assert (outcome.passed, outcome.failed) == (1, 2)
+    runs = accuracies(tracking_uri, "faults")
+    assert runs["dies/tiny/tiny-mlp/ipc1/seed0"][::2] == ("FAILED", "WorkerDied: the worker process died "
+                                                                    "(killed by signal 9)")
+    assert runs["hangs/tiny/tiny-mlp/ipc1/seed0"][::2] == ("FAILED", "TrialTimeout: timeout: the worker ran past "
+                                                                     "trial_timeout = 20 s and was killed")
+    assert runs["random/tiny/tiny-mlp/ipc1/seed0"][0] == "FINISHED"
+
+
+def test_workers_only_for_an_executor_that_takes_them(tiny_plugins, tracking_uri, tmp_path):
+    grid = build_grid({"grid": [{"distiller": "random", "dataset": "tiny", "arch": "tiny-mlp", "ipc": 1}]},
+                      tiny_plugins)
+    with pytest.raises(ConfigError, match=r"^--workers applies to executors that run trials at once \(process\); "
+                                          r"executor 'inline' runs one at a time"):
+        run_bench(grid, tiny_plugins, tracking_uri=tracking_uri, data_dir=tmp_path, workers=2)
+
+
+def test_the_process_executor_is_registered_by_the_core(tiny_plugins):
+    assert {"inline", "process"} <= set(tiny_plugins.executors.names())
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--executor", "procss"], "unknown executor 'procss'; did you mean 'process'?"),
+    (["--workers", "2"], "--workers applies to executors that run trials at once (process); executor 'inline'"),
+])
+def test_cli_executor_options_are_checked_before_compute(tmp_path, args, fragment):
+    from cli_in_process import run_harness
+
+    (tmp_path / "g.toml").write_text('[[grid]]\ndistiller = "random"\ndataset = "digits"\narch = "mlp"\nipc = 1\n')
+    proc = run_harness("bench", "g.toml", *args, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and fragment in proc.stderr, proc.stderr
