@@ -421,3 +421,22 @@ def test_a_resumed_distillation_counts_the_time_before_its_checkpoint(tmp_path, 
     again.attach(task, counter)
     assert again.earlier_seconds == 0.0 and task.restore()[0] == 1
     assert again.earlier_seconds == 100.0  # the runner adds it to distill_seconds
+
+
+def test_an_interrupted_driver_with_workers_kills_them_and_ends_every_run_killed(tmp_path, tracking_uri,
+                                                                                 tests_plugin_env):
+    """`--executor process`: Ctrl-C reaches the driver; it kills its workers, ends both running
+    trials' runs KILLED and exits 130 (the workers ignore SIGINT themselves)."""
+    grid = write_grid(tmp_path, steps=100_000, seconds=0.01, seeds=[0, 1], extra='executor = "process"')
+    proc = start_driver(grid, tracking_uri, tests_plugin_env, tmp_path)
+    try:
+        wait_for(lambda: len([r for r in all_runs(tracking_uri) if r.data.tags.get("run_kind") == "trial"
+                              and r.info.status == "RUNNING"]) == 2, "both trials' runs to be RUNNING")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err, err
+    statuses = sorted(r.info.status for r in all_runs(tracking_uri) if r.data.tags["run_kind"] == "trial")
+    assert statuses == ["KILLED", "KILLED"]

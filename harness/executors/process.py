@@ -136,6 +136,10 @@ def _in_worker(bound: Any, ctx: Any, slot: int, slots: int, stop: threading.Even
 
 def work(trial: Any, settings: dict, messages: Any) -> None:
     """A worker process: load plugins and data, bind ``trial``, run it, send points and the result."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver
+    # handles it (it kills its workers and ends their runs KILLED; checkpoints stay for the resume)
     if settings["gpu"] is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = settings["gpu"]  # before torch is imported
     import torch
