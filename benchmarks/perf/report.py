@@ -111,6 +111,17 @@ def render(data: dict, side: dict | None = None) -> str:
                     f"| {_fmt(bare)} | {_fmt(bench)} | {over:+.1%} | ≤ 3% | {_verdict(over <= 0.03)} |", "",
                     "A negative overhead is noise: the difference is below what this machine resolves.", ""]
 
+    if "executors" in groups:
+        info = next(iter(groups["executors"].values())).get("extra_info", {})
+        if info.get("inline") and info.get("process"):
+            inline, process = statistics.median(info["inline"]), statistics.median(info["process"])
+            out += ["## Process executor vs inline", "",
+                    f"4 CPU-bound trials, {info.get('workers', 2)} workers, paired per round "
+                    f"(benchmarks/perf/test_executors.py; medians of {len(info['inline'])} rounds).", "",
+                    "| inline | process | speed-up | target | |", "|---|---|---|---|---|",
+                    f"| {_fmt(inline)} | {_fmt(process)} | {inline / process:.2f}x | ≥ 1.7x | "
+                    f"{_verdict(inline / process >= 1.7)} |", ""]
+
     if "mlflow" in groups:
         b = next(iter(groups["mlflow"].values()))
         mean = b["stats"]["mean"]
