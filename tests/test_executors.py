@@ -102,3 +102,15 @@ def test_cli_executor_options_are_checked_before_compute(tmp_path, args, fragmen
     (tmp_path / "g.toml").write_text('[[grid]]\ndistiller = "random"\ndataset = "digits"\narch = "mlp"\nipc = 1\n')
     proc = run_harness("bench", "g.toml", *args, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and fragment in proc.stderr, proc.stderr
+
+
+def test_a_worker_that_cannot_set_its_trial_up_fails_it_with_the_reason(tmp_path, tracking_uri, tiny_plugins):
+    """The driver knows the tests' plugins in-process; a worker loads only installed entry points, so
+    it cannot find 'means': that trial fails with the worker's one-line reason, the grid goes on."""
+    doc = {"name": "setup", "device": "cpu", "executor": "process",
+           "grid": [{"distiller": ["means"], "dataset": ["digits"], "arch": ["mlp"], "ipc": [1]}],
+           "eval": {"models": 1, "epochs": 1}}
+    outcome = run_bench(build_grid(doc, tiny_plugins), tiny_plugins, tracking_uri=tracking_uri, data_dir=tmp_path)
+    assert (outcome.passed, outcome.failed) == (0, 1)
+    status, _, error = accuracies(tracking_uri, "setup")["means/digits/mlp/ipc1/seed0"]
+    assert status == "FAILED" and error.startswith("WorkerSetupError: ") and "'means'" in error, error

@@ -142,21 +142,30 @@ def work(trial: Any, settings: dict, messages: Any) -> None:
     # handles it (it kills its workers and ends their runs KILLED; checkpoints stay for the resume)
     if settings["gpu"] is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = settings["gpu"]  # before torch is imported
+    import traceback
+
     import torch
 
     from ..data import DataCache, resolve_device
     from ..plan import bind
     from ..plugins import get_plugins
-    from ..runner import TrialContext, run_trial
+    from ..runner import FAILED, TrialContext, TrialResult, run_trial
 
-    torch.set_num_threads(settings["threads"])
-    plugins = get_plugins()
-    device = resolve_device(settings["device"])
-    data = DataCache(plugins, Path(settings["data_dir"]), device)
-    ctx = TrialContext(data, device, None, timeout=settings["timeout"],
-                       checkpoint_every=settings["checkpoint_every"], eval_mode=settings["eval_mode"])
-    ctx.stream = lambda step, metrics: messages.put(("point", (step, metrics)))
-    result = run_trial(bind(trial, plugins), ctx)
+    try:
+        torch.set_num_threads(settings["threads"])
+        plugins = get_plugins()
+        device = resolve_device(settings["device"])
+        data = DataCache(plugins, Path(settings["data_dir"]), device)
+        ctx = TrialContext(data, device, None, timeout=settings["timeout"],
+                           checkpoint_every=settings["checkpoint_every"], eval_mode=settings["eval_mode"])
+        ctx.stream = lambda step, metrics: messages.put(("point", (step, metrics)))
+        bound = bind(trial, plugins)
+    except Exception as exc:  # the worker could not set the trial up (plugins, data): its trial fails, said why
+        first = (str(exc).strip().splitlines() or [""])[0]
+        result = TrialResult(trial, FAILED, error=f"WorkerSetupError: {type(exc).__name__}: {first}",
+                             traceback=traceback.format_exc())
+    else:
+        result = run_trial(bound, ctx)
     messages.put(("result", result))
     messages.close()
     messages.join_thread()
