@@ -149,12 +149,11 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
     from .report import leaderboard, runs_frame, to_markdown
     from .runner import SKIPPED, TrialContext
     from .spool import flush as flush_spool
-    from .tracking import Tracker
+    from .tracking import RETRY_ENV, RETRY_WAITS, Tracker
 
     console = console or Console(stderr=False)
-    from .tracking import RETRY_ENV, RETRY_WAITS
-
-    env_seconds(STREAM_ENV, (10.0,)), env_seconds(RETRY_ENV, RETRY_WAITS)  # malformed: one line, before data
+    for variable, default in ((STREAM_ENV, (10.0,)), (RETRY_ENV, RETRY_WAITS)):
+        env_seconds(variable, default)  # a malformed one is one line, before any data is loaded
     executor_cls = plugins.executors.get(grid.executor)
     if workers is not None and "workers" not in inspect.signature(executor_cls).parameters:
         raise ConfigError(f"--workers applies to executors that run trials at once (process); executor "

@@ -95,7 +95,7 @@ class Checkpoints:
         self.saved = 0
         self.failures = 0  # saves that failed (the trial went on without them)
         self.earlier_seconds = 0.0  # distillation time of the runs before a restore, up to their checkpoint
-        self._started = time.monotonic()
+        self._started = 0.0  # set by attach(): when this run's distillation started
 
     def due(self, step: int) -> bool:
         if self.every_steps and step % self.every_steps == 0:

@@ -20,7 +20,7 @@ from .errors import ConfigError, HarnessError
 from .init import INIT_SCHEMES, distill_init
 from .specs import TrialSpec, capabilities_of, carries_init, check_trial
 from .trial import AUGMENTS, AUTOCASTS, DEFAULT_LR, INITS, OPTIMIZERS, Recipe, Trial
-from .vectorised import check_eval_mode
+from .vectorised import EVAL_MODES
 
 TOP_KEYS = {"name", "seeds", "device", "executor", "trial_timeout", "checkpoint_every", "eval_mode", "autocast", "compile", "grid", "eval", "distillers"}
 AXES = {"distiller", "dataset", "base_dataset", "arch", "ipc", "n"}
@@ -211,12 +211,8 @@ def build_grid(doc: dict, plugins: Any, default_name: str = "grid", source: str 
         if timeout <= 0:
             raise ConfigError(f"{where}: trial_timeout must be > 0 seconds, got {timeout!r}; leave it out for no limit")
 
-    eval_mode = _scalar(f"{where}: eval_mode", doc.get("eval_mode", "auto"), str)
-    try:
-        check_eval_mode(eval_mode, f"{where}: eval_mode")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
+    eval_mode = _choice(f"{where}: eval_mode", _scalar(f"{where}: eval_mode", doc.get("eval_mode", "auto"), str),
+                        EVAL_MODES)
     autocast = _choice(f"{where}: autocast", _scalar(f"{where}: autocast", doc.get("autocast", "none"), str), AUTOCASTS)
     compile_eval = _scalar(f"{where}: compile", doc.get("compile", False), bool)
 

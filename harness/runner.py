@@ -115,7 +115,7 @@ def run_trial(bound: BoundTrial, ctx: TrialContext) -> TrialResult:
         result.traceback = traceback.format_exc()
     checkpoints = ctx.checkpoints(trial)
     if checkpoints is not None:
-        checkpoints.clear()  # the trial ended (passed or failed): nothing of it is resumed
+        checkpoints.clear()  # the trial ended (passed or failed): it starts afresh if run again
     if progress:
         progress.trial_done(trial, result)
     return result
@@ -175,12 +175,7 @@ def _distill(bound: BoundTrial, ctx: TrialContext, result: TrialResult):
     from .evaluate import precision
 
     with Measure(ctx.device) as measure, precision(trial.autocast, ctx.device):
-        try:
-            dset = cls().distill(task)
-        except (Exception, SystemExit):
-            if checkpoints is not None:
-                checkpoints.clear()  # a failed trial starts afresh; an interrupted one (Ctrl-C, kill) resumes
-            raise
+        dset = cls().distill(task)  # a failure is cleared by run_trial; an interruption keeps the checkpoint
     if not hasattr(dset, "check"):
         raise TrialError(f"distiller '{trial.distiller}' returned {type(dset).__name__}, not a DistilledSet")
     dset = dset.detached()

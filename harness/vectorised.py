@@ -34,12 +34,6 @@ VECTORISED = "vectorised"
 VECTORISABLE_OPTIMIZERS = ("sgd", "adam", "ld-protocol")  # "distilled" replays a few GD steps: sequential
 
 
-def check_eval_mode(mode: object, where: str = "eval_mode") -> str:
-    if mode not in EVAL_MODES:
-        raise ValueError(f"{where} must be one of {', '.join(EVAL_MODES)}; got {mode!r}")
-    return mode  # type: ignore[return-value]
-
-
 def obstacle(model: "nn.Module") -> str | None:
     """Why ``model`` cannot be trained exactly under vmap, or None when it can."""
     from torch import nn

@@ -136,7 +136,7 @@ def test_n_fewer_than_classes(tiny_plugins):
     (grid_doc(evals={}), r"^grid: unknown key 'evals'; did you mean 'eval'\?$"),
     (grid_doc(zzz=1), r"^grid: unknown key 'zzz' \(allowed: autocast, checkpoint_every, compile, device, distillers, eval, eval_mode, executor, grid, name, seeds, trial_timeout\)$"),
     (grid_doc(eval={"epoch": 3}), r"^grid: \[eval\]: unknown key 'epoch'; did you mean 'epochs'\?$"),
-    (grid_doc(eval_mode="vmap"), r"^grid: eval_mode must be one of auto, vectorised, sequential; got 'vmap'$"),
+    (grid_doc(eval_mode="vmap"), r"^grid: eval_mode: unknown value 'vmap'; choose from auto, vectorised, sequential$"),
     (grid_doc(eval={"optimizer": ["sgd"]}), r"did you mean 'optimizers'\?"),
     (grid_doc({"archs": ["mlp"]}), r"^grid: \[\[grid\]\] #1: unknown key 'archs'; did you mean 'arch'\?$"),
     (grid_doc({}, {"datasets": ["tiny"]}), r"^grid: \[\[grid\]\] #2: unknown key 'datasets'; did you mean 'dataset'\?$"),

@@ -21,8 +21,8 @@ import os
 import queue as queue_module
 import threading
 import time
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 KILL_GRACE_SECONDS = 30.0  # past the trial's limit, the worker's own check had time to fail it cleanly
@@ -40,8 +40,7 @@ class ProcessExecutor:
         if not trials:
             return
         slots: queue_module.Queue = queue_module.Queue()
-        first = trials[0]
-        count = self.workers or _default_workers(first)
+        count = self.workers or _default_workers()
         for i in range(count):
             slots.put(i)
 
@@ -68,7 +67,7 @@ class ProcessExecutor:
             pool.shutdown(wait=True)
 
 
-def _default_workers(bound: Any) -> int:
+def _default_workers() -> int:
     try:
         import torch
 
@@ -149,6 +148,7 @@ def work(trial: Any, settings: dict, messages: Any) -> None:
     from ..data import DataCache, resolve_device
     from ..plan import bind
     from ..plugins import get_plugins
+    from ..errors import one_line
     from ..runner import FAILED, TrialContext, TrialResult, run_trial
 
     try:
@@ -161,8 +161,7 @@ def work(trial: Any, settings: dict, messages: Any) -> None:
         ctx.stream = lambda step, metrics: messages.put(("point", (step, metrics)))
         bound = bind(trial, plugins)
     except Exception as exc:  # the worker could not set the trial up (plugins, data): its trial fails, said why
-        first = (str(exc).strip().splitlines() or [""])[0]
-        result = TrialResult(trial, FAILED, error=f"WorkerSetupError: {type(exc).__name__}: {first}",
+        result = TrialResult(trial, FAILED, error=f"WorkerSetupError: {one_line(exc)}",
                              traceback=traceback.format_exc())
     else:
         result = run_trial(bound, ctx)
