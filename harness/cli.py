@@ -54,8 +54,10 @@ def cli() -> None:
               help="Skip trials already finished in the experiment (matched by trial key).")
 @click.option("--executor", default=None, help="How trials run: inline | process | ... (default: the grid's).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Trials at once for the process executor (default: one per GPU, else 2).")
-def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume, executor, workers) -> None:
+              help="Trials at once: process (default: one per GPU, else 2), ray (default: what the cluster fits).")
+@click.option("--ray-address", default=None,
+              help="Ray executor: join this cluster (auto, or ray://HOST:10001) instead of starting a local one.")
+def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume, executor, workers, ray_address) -> None:
     """Run the grid in GRID_FILE and log every trial to MLflow.
 
     Exit code 0 when every trial passed, 1 when some failed, 2 for invalid input.
@@ -75,7 +77,7 @@ def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume, ex
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends runs KILLED, as Ctrl-C does
     try:
         outcome = run_bench(grid, plugins, tracking_uri=tracking_uri, data_dir=data_dir, device=device,
-                            resume=resume, console=console, workers=workers)
+                            resume=resume, console=console, workers=workers, address=ray_address)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if outcome.board is not None and len(outcome.board):

@@ -22,7 +22,9 @@ from .specs import TrialSpec, capabilities_of, carries_init, check_trial
 from .trial import AUGMENTS, AUTOCASTS, DEFAULT_LR, INITS, OPTIMIZERS, Recipe, Trial
 from .vectorised import EVAL_MODES
 
-TOP_KEYS = {"name", "seeds", "device", "executor", "trial_timeout", "checkpoint_every", "eval_mode", "autocast", "compile", "grid", "eval", "distillers"}
+TOP_KEYS = {"name", "seeds", "device", "executor", "trial_timeout", "checkpoint_every", "eval_mode", "autocast", "compile",
+            "resources", "grid", "eval", "distillers"}
+RESOURCE_KEYS = {"cpus_per_trial", "gpus_per_trial"}  # what each trial asks a cluster for (the ray executor)
 AXES = {"distiller", "dataset", "base_dataset", "arch", "ipc", "n"}
 EVAL_KEYS = {"archs", "optimizers", "models", "epochs", "lr", "batch_size", "init", "augment", "momentum", "weight_decay", "test_size",
              "model_init"}
@@ -49,6 +51,7 @@ class Grid:
     trial_timeout: float | None = None  # seconds per trial (distill + evaluate); not part of trial keys
     checkpoint_every: float | None = 600.0  # seconds between mid-trial checkpoints (None: off)
     eval_mode: str = "auto"  # auto | vectorised | sequential (harness.vectorised); not part of trial keys
+    resources: dict = dataclasses.field(default_factory=dict)  # [resources]: per-trial CPUs/GPUs; not in keys
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -216,6 +219,7 @@ def build_grid(doc: dict, plugins: Any, default_name: str = "grid", source: str 
     autocast = _choice(f"{where}: autocast", _scalar(f"{where}: autocast", doc.get("autocast", "none"), str), AUTOCASTS)
     compile_eval = _scalar(f"{where}: compile", doc.get("compile", False), bool)
 
+    resources = _resources(f"{where}: [resources]", doc.get("resources", {}), device)
     eval_doc = _table(f"{where}: [eval]", doc.get("eval", {}))
     configs_doc = doc.get("distillers", {})
     if not isinstance(configs_doc, dict):
@@ -275,7 +279,24 @@ def build_grid(doc: dict, plugins: Any, default_name: str = "grid", source: str 
                 trial = dataclasses.replace(trial, autocast=autocast, compile=compile_eval, settings=trial.settings)
             trials.setdefault(trial.key, trial)  # identical trials from overlapping tables run once
     return Grid(name=name, seeds=seeds, device=device, executor=executor, trials=list(trials.values()), source=source,
-                trial_timeout=timeout, checkpoint_every=every, eval_mode=eval_mode)
+                trial_timeout=timeout, checkpoint_every=every, eval_mode=eval_mode, resources=resources)
+
+
+def _resources(where: str, value: Any, device: str) -> dict:
+    """[resources]: ``cpus_per_trial`` (> 0, default 1) and ``gpus_per_trial`` (>= 0, fractions share
+    a GPU; default 1 on CUDA, 0 on CPU) for executors that schedule trials on a cluster."""
+    table = _table(where, value)
+    _unknown_keys(where, table, RESOURCE_KEYS)
+    out = {}
+    for key in sorted(table):
+        amount = _scalar(f"{where} {key}", table[key], float, 0.0)
+        if key == "cpus_per_trial" and amount == 0:
+            raise ConfigError(f"{where} cpus_per_trial must be > 0, got 0; a trial needs a CPU to drive it")
+        out[key] = amount
+    if out.get("gpus_per_trial", 0) > 0 and device == "cpu":
+        raise ConfigError(f"{where} gpus_per_trial = {out['gpus_per_trial']:g} but device = \"cpu\": "
+                          f"set device to \"cuda\" or drop gpus_per_trial")
+    return out
 
 
 def _seeds(where: str, value: Any) -> list[int]:

@@ -41,6 +41,9 @@ def test_process_and_inline_give_the_same_accuracies(tmp_path, mlflow_template):
         results[executor] = accuracies(uri, "exec")
     assert results["process"] == results["inline"]
     assert all(status == "FINISHED" for status, _, _ in results["process"].values())
+    tracker = Tracker(f"sqlite:///{tmp_path / 'process'}.db")
+    workers = {r.data.tags["worker"] for r in tracker.trial_runs(tracker.experiment_id("exec", create=False))}
+    assert 1 <= len(workers) <= 2, workers  # each slot's worker is reused: 4 trials, at most 2 processes
 
 
 @pytest.fixture
@@ -63,6 +66,7 @@ def worker_plugins(tests_plugin_env, monkeypatch):
 
 
 def test_a_worker_that_dies_or_hangs_fails_only_its_trial(tmp_path, tracking_uri, worker_plugins, monkeypatch):
+    """One slot: the worker that dies and the one that is killed are each replaced for the next trial."""
     import harness.executors.process as process
 
     monkeypatch.setattr(process, "KILL_GRACE_SECONDS", 1.0)  # kill a hung worker 1 s past its limit
@@ -70,7 +74,7 @@ def test_a_worker_that_dies_or_hangs_fails_only_its_trial(tmp_path, tracking_uri
            "grid": [{"distiller": ["dies", "hangs", "random"], "dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [1]}],
            "eval": {"models": 1, "epochs": 2}}
     grid = build_grid(doc, worker_plugins)
-    outcome = run_bench(grid, worker_plugins, tracking_uri=tracking_uri, data_dir=tmp_path, workers=2)
+    outcome = run_bench(grid, worker_plugins, tracking_uri=tracking_uri, data_dir=tmp_path, workers=1)
     assert (outcome.passed, outcome.failed) == (1, 2)
     runs = accuracies(tracking_uri, "faults")
     assert runs["dies/tiny/tiny-mlp/ipc1/seed0"][::2] == ("FAILED", "WorkerDied: the worker process died "
@@ -83,18 +87,33 @@ def test_a_worker_that_dies_or_hangs_fails_only_its_trial(tmp_path, tracking_uri
 def test_workers_only_for_an_executor_that_takes_them(tiny_plugins, tracking_uri, tmp_path):
     grid = build_grid({"grid": [{"distiller": "random", "dataset": "tiny", "arch": "tiny-mlp", "ipc": 1}]},
                       tiny_plugins)
-    with pytest.raises(ConfigError, match=r"^--workers applies to executors that run trials at once \(process\); "
-                                          r"executor 'inline' runs one at a time"):
+    with pytest.raises(ConfigError, match=r"^--workers applies to the process or ray executor; executor 'inline' "
+                                          r"does not take it: drop --workers or choose --executor process$"):
         run_bench(grid, tiny_plugins, tracking_uri=tracking_uri, data_dir=tmp_path, workers=2)
 
 
-def test_the_process_executor_is_registered_by_the_core(tiny_plugins):
-    assert {"inline", "process"} <= set(tiny_plugins.executors.names())
+def test_the_process_and_ray_executors_are_registered_by_the_core(tiny_plugins):
+    assert {"inline", "process", "ray"} <= set(tiny_plugins.executors.names())
+
+
+def test_process_workers_default_to_one_per_gpu_only_on_cuda(monkeypatch):
+    """CUDA mocked at the torch.cuda query boundary: 3 visible GPUs -> 3 workers on a CUDA device,
+    2 CPU workers on --device cpu (the GPUs are not the trials' then)."""
+    import torch
+
+    from harness.executors.process import default_workers
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert default_workers(torch.device("cuda")) == 3
+    assert default_workers(torch.device("cpu")) == 2
 
 
 @pytest.mark.parametrize("args,fragment", [
     (["--executor", "procss"], "unknown executor 'procss'; did you mean 'process'?"),
-    (["--workers", "2"], "--workers applies to executors that run trials at once (process); executor 'inline'"),
+    (["--workers", "2"], "--workers applies to the process or ray executor; executor 'inline' does not take it"),
+    (["--ray-address", "auto"], "--ray-address applies to the ray executor; executor 'inline' does not take it"),
+    (["--executor", "process", "--ray-address", "auto"], "--ray-address applies to the ray executor; executor 'process'"),
 ])
 def test_cli_executor_options_are_checked_before_compute(tmp_path, args, fragment):
     from cli_in_process import run_harness

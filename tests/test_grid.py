@@ -134,7 +134,7 @@ def test_n_fewer_than_classes(tiny_plugins):
 @pytest.mark.parametrize("doc, message", [
     (grid_doc(seed=[0]), r"^grid: unknown key 'seed'; did you mean 'seeds'\?$"),
     (grid_doc(evals={}), r"^grid: unknown key 'evals'; did you mean 'eval'\?$"),
-    (grid_doc(zzz=1), r"^grid: unknown key 'zzz' \(allowed: autocast, checkpoint_every, compile, device, distillers, eval, eval_mode, executor, grid, name, seeds, trial_timeout\)$"),
+    (grid_doc(zzz=1), r"^grid: unknown key 'zzz' \(allowed: autocast, checkpoint_every, compile, device, distillers, eval, eval_mode, executor, grid, name, resources, seeds, trial_timeout\)$"),
     (grid_doc(eval={"epoch": 3}), r"^grid: \[eval\]: unknown key 'epoch'; did you mean 'epochs'\?$"),
     (grid_doc(eval_mode="vmap"), r"^grid: eval_mode: unknown value 'vmap'; choose from auto, vectorised, sequential$"),
     (grid_doc(eval={"optimizer": ["sgd"]}), r"did you mean 'optimizers'\?"),

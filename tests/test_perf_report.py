@@ -30,7 +30,8 @@ def test_ratios_and_verdicts_come_from_the_one_run():
                 bench("outer-step", "test_outer_steps[ld-ipc10-4]", 1.1, distiller="ld-ipc10", outer_steps=4),
                 bench("harness-overhead", "test_grid_wall_time", 20.5, bare=[9.0, 10.0, 11.0], bench=[10.5, 10.4, 12]),
                 bench("mlflow", "test_mlflow_logging_of_one_trial", 0.04),
-                bench("executors", "test_process_vs_inline", 30.0, inline=[20.0, 22.0], process=[10.0, 12.0], workers=2),
+                bench("executors", "test_process_vs_inline", 30.0, inline=[20.0, 22.0], process=[10.0, 12.0],
+                      ray=[14.0, 16.0], workers=2, trials=4),
                 bench("cli-cold-start", "test_cold_start[--help]", 0.2),
             ]}
     side = {"median": {"ld/theirs": 0.4, "ld/ours": 0.1, "ld-rr/theirs": 0.4, "ld-rr/ours": 0.3},
@@ -44,6 +45,7 @@ def test_ratios_and_verdicts_come_from_the_one_run():
     assert "| 10.00 s | 10.50 s | +5.0% | ≤ 3% | **missed** |" in md
     assert "| 40.0 ms | ≤ 50 ms | met |" in md
     assert "| 21.00 s | 11.00 s | 1.91x | ≥ 1.7x | met |" in md
+    assert "15.00 s, 1.40x inline; overhead per trial vs the process executor 1.00 s" in md
     assert "| `harness --help` | 200.0 ms | ≤ 1 s | met |" in md
     assert "| ld | 400.0 ms | 100.0 ms | 0.25 | ≤ 0.5 | met |" in md
     assert "| ld-rr | 400.0 ms | 300.0 ms | 0.75 | ≤ 0.5 | **missed** |" in md

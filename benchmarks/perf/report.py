@@ -121,6 +121,12 @@ def render(data: dict, side: dict | None = None) -> str:
                     "| inline | process | speed-up | target | |", "|---|---|---|---|---|",
                     f"| {_fmt(inline)} | {_fmt(process)} | {inline / process:.2f}x | ≥ 1.7x | "
                     f"{_verdict(inline / process >= 1.7)} |", ""]
+            if info.get("ray"):
+                ray = statistics.median(info["ray"])
+                per_trial = (ray - process) / info.get("trials", 4)
+                out += ["The ray executor on a local 2-CPU cluster (started in each round), same trials: "
+                        f"{_fmt(ray)}, {inline / ray:.2f}x inline; overhead per trial vs the process executor "
+                        f"{_fmt(per_trial)} (Ray's cluster start-up and task scheduling).", ""]
 
     if "mlflow" in groups:
         b = next(iter(groups["mlflow"].values()))

@@ -9,7 +9,12 @@ elsewhere: the driver still creates, claims and ends the trial's run and streams
 calls ``f(bound, ctx)``, which returns the TrialResult and may forward curve points to
 ``ctx.stream(step, metrics)`` as they arrive; ``run_trial`` is thread-safe, so an executor may call
 it from several threads at once (``process`` does: one thread per worker slot).
-An executor that takes a ``workers`` keyword gets ``harness bench --workers N``.
-Executors are registered with the ``register_executors`` hook; the core registers ``inline`` and
-``process``.
+An executor that takes a ``workers`` keyword gets ``harness bench --workers N``. Two optional methods:
+``start(trials, ctx)``, called with the trials to run and the grid's
+:class:`harness.runner.TrialContext` before the driver sets MLflow up (so workers can start up
+meanwhile), and ``close(kill=False)``, always called at the end (``kill=True`` when the driver was
+interrupted or failed).
+Executors are registered with the ``register_executors`` hook; the core registers ``inline``,
+``process`` and ``ray``. A constructor may take ``workers`` (``--workers``), ``address``
+(``--ray-address``) and ``resources`` (the grid's ``[resources]`` table).
 """

@@ -1,5 +1,6 @@
 """The default executor: trials run one after another in the driver process. This module is the
-core's executor plugin: it registers ``inline`` and ``process`` (:mod:`harness.executors.process`)."""
+core's executor plugin: it registers ``inline``, ``process`` (:mod:`harness.executors.process`) and
+``ray`` (:mod:`harness.executors.ray_executor`; Ray itself is imported only when a grid uses it)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ class InlineExecutor:
 @hookimpl
 def register_executors(register):
     from .process import ProcessExecutor
+    from .ray_executor import RayExecutor
 
     register(InlineExecutor)
     register(ProcessExecutor)
+    register(RayExecutor)

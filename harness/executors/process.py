@@ -1,14 +1,15 @@
 """The ``process`` executor: trials run in worker processes, several at once; the driver process stays
 the only MLflow writer.
 
-Each trial runs in a fresh ``spawn``-ed process (``harness bench GRID --executor process --workers
-N``): it loads the plugins and the data itself (from the same data directory), binds the trial by
-name and calls :func:`harness.runner.run_trial`; its curve points and its result come back through a
-queue. A driver thread per slot creates the trial's run, claims it, forwards the points to MLflow as
-they arrive and hands the result to the driver, exactly as the inline executor does. So a worker
-that dies (a segfault, the OOM killer, ``kill -9``) fails only its trial ("worker died"), and a
-worker past its trial's time limit is killed. A fresh process per trial costs a few seconds of
-start-up (imports, data), nothing beside trials of minutes, and leaves no state between trials.
+``harness bench GRID --executor process --workers N`` starts N long-lived ``spawn``-ed worker
+processes, one per slot. Each loads the plugins and the data once (from the same data directory) and
+then runs trial after trial: it binds each by name, calls :func:`harness.runner.run_trial` and sends
+its curve points and its result back through a queue. A driver thread per slot creates the trial's
+run, claims it, forwards the points to MLflow as they arrive and hands the result to the driver,
+exactly as the inline executor does. So a worker that dies (a segfault, the OOM killer, ``kill -9``)
+fails only its trial ("worker died"), a worker past its trial's time limit is killed, and either is
+replaced by a fresh worker for the slot's next trial. Workers are reused because starting one costs
+seconds (torch, plugins, data): paid once per slot, not once per trial.
 
 Devices: on CUDA, slot i runs on GPU i (``CUDA_VISIBLE_DEVICES`` set in the worker before torch is
 imported; N defaults to the number of visible GPUs); on CPU, N defaults to 2 and each worker gets
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 KILL_GRACE_SECONDS = 30.0  # past the trial's limit, the worker's own check had time to fail it cleanly
+CLOSE_SECONDS = 10.0  # an idle worker asked to exit gets this long before it is killed
 
 
 class ProcessExecutor:
@@ -36,38 +38,56 @@ class ProcessExecutor:
     def __init__(self, workers: int | None = None):
         self.workers = workers
 
+    def start(self, trials: Sequence, ctx: Any) -> None:
+        """Start the workers now (the driver calls this before its own MLflow set-up, so the
+        workers' start-up, seconds of imports and data loading, overlaps it)."""
+        self._stop = threading.Event()  # set when the driver is interrupted: every worker is killed
+        count = min(self.workers or default_workers(ctx.device if ctx is not None else None), max(1, len(trials)))
+        self._workers = [Worker(slot, count, self._stop) for slot in range(count)]
+        for worker in self._workers:
+            worker.start(ctx)
+
+    def close(self, kill: bool = False) -> None:
+        """Stop the workers (killed when ``kill`` or the driver was interrupted); safe to call twice."""
+        for worker in getattr(self, "_workers", []):
+            worker.close(kill=kill or self._stop.is_set())
+        self._workers = []
+
     def run(self, trials: Sequence, run_trial: Callable) -> Iterator:
         if not trials:
             return
-        slots: queue_module.Queue = queue_module.Queue()
-        count = self.workers or _default_workers()
-        for i in range(count):
-            slots.put(i)
-
-        stop = threading.Event()  # set when the driver is interrupted: every worker is killed
+        if not getattr(self, "_workers", None):
+            self.start(trials, None)
+        idle: queue_module.Queue = queue_module.Queue()
+        for worker in self._workers:
+            idle.put(worker)
 
         def one(bound: Any) -> Any:
-            slot = slots.get()
+            worker = idle.get()
             try:
-                return run_trial(bound, compute=lambda b, ctx: _in_worker(b, ctx, slot, count, stop))
+                return run_trial(bound, compute=worker.run)
             finally:
-                slots.put(slot)
+                idle.put(worker)
 
-        pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="harness-slot")
+        pool = ThreadPoolExecutor(max_workers=len(self._workers), thread_name_prefix="harness-slot")
         futures = [pool.submit(one, bound) for bound in trials]
         try:
             for future in as_completed(futures):
                 yield future.result()
         except BaseException:  # Ctrl-C, SIGTERM, a store that failed: stop everything, rerun resumes
-            stop.set()
+            self._stop.set()
             for future in futures:
                 future.cancel()
             raise
         finally:
             pool.shutdown(wait=True)
+            self.close()
 
 
-def _default_workers() -> int:
+def default_workers(device: Any = None) -> int:
+    """On a CUDA device (or an unknown one), one worker per visible GPU; else 2."""
+    if device is not None and device.type != "cuda":
+        return 2
     try:
         import torch
 
@@ -78,64 +98,97 @@ def _default_workers() -> int:
     return 2
 
 
-def _in_worker(bound: Any, ctx: Any, slot: int, slots: int, stop: threading.Event) -> Any:
-    """Run ``bound`` in a fresh worker process; forward its points to ``ctx.stream``; its result."""
-    import multiprocessing
+class Worker:
+    """One slot's worker process, started on its first trial and replaced after it dies or is killed.
+    Used by one driver thread at a time (the executor hands slots out through a queue)."""
 
-    from ..runner import FAILED, TrialResult
+    def __init__(self, slot: int, slots: int, stop: threading.Event):
+        self.slot, self.slots, self.stop = slot, slots, stop
+        self.process: Any = None
+        self.inbox: Any = None
+        self.outbox: Any = None
 
-    spawn = multiprocessing.get_context("spawn")
-    messages = spawn.Queue()
-    device = ctx.device
-    gpu = None
-    if device.type == "cuda":
-        gpu = str(slot if device.index is None else device.index)
-    threads = max(1, (os.cpu_count() or 1) // slots)
-    settings = {"data_dir": str(ctx.data.data_dir), "device": "cuda" if gpu is not None else str(device),
-                "gpu": gpu, "threads": threads, "timeout": ctx.timeout, "checkpoint_every": ctx.checkpoint_every,
-                "eval_mode": ctx.eval_mode}
-    process = spawn.Process(target=work, args=(bound.trial, settings, messages), daemon=True,
-                            name=f"harness-worker-{slot}")
-    process.start()
-    deadline = None if ctx.timeout is None else time.monotonic() + ctx.timeout + KILL_GRACE_SECONDS
-    result = None
-    try:
-        while result is None:
-            if stop.is_set():
-                process.kill()
+    def start(self, ctx: Any) -> None:
+        """Spawn the process (``ctx``: the grid's TrialContext; None: wait for the first trial's)."""
+        import multiprocessing
+
+        if ctx is None:
+            return
+
+        spawn = multiprocessing.get_context("spawn")
+        self.inbox, self.outbox = spawn.Queue(), spawn.Queue()
+        device = ctx.device
+        gpu = None
+        if device.type == "cuda":
+            gpu = str(self.slot if device.index is None else device.index)
+        settings = {"data_dir": str(ctx.data.data_dir), "device": "cuda" if gpu is not None else str(device),
+                    "gpu": gpu, "threads": max(1, (os.cpu_count() or 1) // self.slots), "timeout": ctx.timeout,
+                    "checkpoint_every": ctx.checkpoint_every, "eval_mode": ctx.eval_mode}
+        process = spawn.Process(target=serve, args=(settings, self.inbox, self.outbox), daemon=True,
+                                name=f"harness-worker-{self.slot}")
+        process.start()
+        self.process = process
+
+    def run(self, bound: Any, ctx: Any) -> Any:
+        """Run ``bound`` in this slot's worker; forward its points to ``ctx.stream``; its result."""
+        from ..runner import FAILED, TrialResult
+
+        if self.process is None or not self.process.is_alive():
+            self.start(ctx)
+        self.inbox.put(bound.trial)
+        deadline = None  # from when the trial starts in the worker (not while a new worker starts up)
+        while True:
+            if self.stop.is_set():
+                self.kill()
                 raise KeyboardInterrupt("the driver was interrupted")
             try:
-                kind, payload = messages.get(timeout=1.0)
+                kind, payload = self.outbox.get(timeout=1.0)
             except queue_module.Empty:
-                if not process.is_alive():
+                if not self.process.is_alive():
                     try:  # the result may have arrived just before the process ended
-                        kind, payload = messages.get(timeout=5.0)
+                        kind, payload = self.outbox.get(timeout=5.0)
                     except queue_module.Empty:
-                        code = process.exitcode
+                        code = self.process.exitcode
+                        self.kill()
                         why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                         return TrialResult(bound.trial, FAILED, error=f"WorkerDied: the worker process died ({why})")
                 elif deadline is not None and time.monotonic() > deadline:
-                    process.kill()
+                    self.kill()
                     return TrialResult(bound.trial, FAILED, error=f"TrialTimeout: timeout: the worker ran past "
                                                                   f"trial_timeout = {ctx.timeout:g} s and was killed")
                 else:
                     continue
-            if kind == "point":
+            if kind == "started":
+                if ctx.timeout is not None:
+                    deadline = time.monotonic() + ctx.timeout + KILL_GRACE_SECONDS
+            elif kind == "point":
                 if ctx.stream:
                     ctx.stream(*payload)
             else:
-                result = payload
-    finally:
-        process.join(timeout=10)
-        if process.is_alive():
-            process.kill()
-            process.join()
-    return result
+                return payload
+
+    def kill(self) -> None:
+        """End the process now; the slot's next trial starts a fresh one (new queues: a process killed
+        mid-send may have left a queue unusable)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.join()
+            self.process = None
+
+    def close(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if not kill and self.process.is_alive():
+            self.inbox.put(None)  # finish: the worker exits its loop
+            self.process.join(timeout=CLOSE_SECONDS)
+        self.kill()
 
 
-def work(trial: Any, settings: dict, messages: Any) -> None:
-    """A worker process: load plugins and data, bind ``trial``, run it, send points and the result."""
+def serve(settings: dict, inbox: Any, outbox: Any) -> None:
+    """A worker process: load plugins and data once, then run the trials that arrive (None: exit),
+    sending their points and results."""
     import signal
+    import socket
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver
     # handles it (it kills its workers and ends their runs KILLED; checkpoints stay for the resume)
@@ -146,25 +199,36 @@ def work(trial: Any, settings: dict, messages: Any) -> None:
     import torch
 
     from ..data import DataCache, resolve_device
+    from ..errors import one_line
     from ..plan import bind
     from ..plugins import get_plugins
-    from ..errors import one_line
     from ..runner import FAILED, TrialContext, TrialResult, run_trial
 
+    worker_name = f"{socket.gethostname()}/{os.getpid()}"  # a tag: which process ran the trial
+    setup_error = None
     try:
         torch.set_num_threads(settings["threads"])
         plugins = get_plugins()
         device = resolve_device(settings["device"])
-        data = DataCache(plugins, Path(settings["data_dir"]), device)
+        data = DataCache(plugins, Path(settings["data_dir"]), device)  # loaded once, kept across trials
         ctx = TrialContext(data, device, None, timeout=settings["timeout"],
                            checkpoint_every=settings["checkpoint_every"], eval_mode=settings["eval_mode"])
-        ctx.stream = lambda step, metrics: messages.put(("point", (step, metrics)))
-        bound = bind(trial, plugins)
-    except Exception as exc:  # the worker could not set the trial up (plugins, data): its trial fails, said why
-        result = TrialResult(trial, FAILED, error=f"WorkerSetupError: {one_line(exc)}",
-                             traceback=traceback.format_exc())
-    else:
-        result = run_trial(bound, ctx)
-    messages.put(("result", result))
-    messages.close()
-    messages.join_thread()
+        ctx.stream = lambda step, metrics: outbox.put(("point", (step, metrics)))
+    except Exception as exc:  # every trial sent here fails with the reason
+        setup_error = (f"WorkerSetupError: {one_line(exc)}", traceback.format_exc())
+    for trial in iter(inbox.get, None):
+        if setup_error is not None:
+            result = TrialResult(trial, FAILED, error=setup_error[0], traceback=setup_error[1])
+        else:
+            try:
+                bound = bind(trial, plugins)
+            except Exception as exc:  # the trial cannot be set up here (an unknown name, a data error)
+                result = TrialResult(trial, FAILED, error=f"WorkerSetupError: {one_line(exc)}",
+                                     traceback=traceback.format_exc())
+            else:
+                outbox.put(("started", None))
+                result = run_trial(bound, ctx)
+        result.tags["worker"] = worker_name
+        outbox.put(("result", result))
+    outbox.close()
+    outbox.join_thread()

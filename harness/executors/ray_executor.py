@@ -1,0 +1,273 @@
+"""The ``ray`` executor: each trial a Ray task, on a local Ray cluster or one you join; the driver
+process stays the only MLflow writer.
+
+``harness bench GRID --executor ray`` starts a local cluster (all cores of this machine);
+``--ray-address auto`` joins the cluster running here (``ray start --head``) and
+``--ray-address ray://HOST:10001`` a remote one through Ray Client. Ray is an optional extra:
+``pip install 'distill-harness[ray]'``.
+
+Each trial is a Ray task asking for ``num_cpus = cpus_per_trial`` and ``num_gpus = gpus_per_trial``
+from the grid's ``[resources]`` table (fractions allowed: ``gpus_per_trial = 0.5`` puts two trials
+on one GPU). The task loads the plugins and the data itself, from the same ``data_dir`` path on its
+node (a cluster needs that path on a shared file system, or a dataset plugin that downloads), keeps
+them for the next trial that lands on the same Ray worker, runs :func:`harness.runner.run_trial`
+and streams the curve points back as a Ray generator; the trial's files (distilled set, figures)
+come back with its result, so nodes need not share a disk for them. Checkpoints are written under
+``HARNESS_CHECKPOINT_DIR`` on the trial's node: share it for a resume to find them elsewhere.
+
+How many trials run at once: ``--workers N``, else what the cluster's CPUs and GPUs fit. A trial
+that raises is a FAILED result (the task itself never raises), so Ray never retries it; a task whose
+worker process or node is lost is resubmitted up to ``retries`` times (default 1: the trial starts
+again, from its checkpoint if it has one), then FAILED with Ray's reason. A trial past its
+``trial_timeout`` (plus a grace for its own clean stop) is cancelled with its worker killed.
+"""
+
+from __future__ import annotations
+
+import os
+import queue as queue_module
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from ..errors import ConfigError
+from .process import KILL_GRACE_SECONDS
+
+FORWARDED_ENV = ("PYTHONPATH",)  # with every HARNESS_* variable: the tasks see what the driver sees
+
+
+class RayExecutor:
+    """Run each trial as a Ray task, on a local Ray cluster or one it joins; the driver stays the only MLflow writer."""
+
+    name = "ray"
+
+    def __init__(self, workers: int | None = None, address: str | None = None, resources: dict | None = None,
+                 retries: int = 1):
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:  # before any data is loaded
+            raise ConfigError("executor 'ray' needs Ray: pip install 'distill-harness[ray]'")
+        self.workers, self.address, self.retries = workers, address, retries
+        self.resources = dict(resources or {})
+        self._device_type = "cpu"  # the driver's resolved device (start): CUDA trials ask for a GPU each
+        self._started_cluster = False
+        self._stop = threading.Event()
+
+    # -- driver side ----------------------------------------------------------------------------------
+    def start(self, trials: Sequence, ctx: Any) -> None:
+        """Connect to (or start) the cluster while the driver sets MLflow up."""
+        ray = require_ray()
+        if ctx is not None:
+            self._device_type = ctx.device.type
+        if not ray.is_initialized():
+            env = {k: v for k, v in os.environ.items() if k.startswith("HARNESS_") or k in FORWARDED_ENV}
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                         runtime_env={"env_vars": env} if env else None)
+            except Exception as exc:  # noqa: BLE001 - unreachable address, a cluster that cannot start
+                raise ConfigError(f"could not {'join the Ray cluster at ' + self.address if self.address else 'start a local Ray cluster'}"
+                                  f" ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+                                  f"check --ray-address (auto, or ray://HOST:10001)") from None
+            self._started_cluster = True
+
+    def close(self, kill: bool = False) -> None:
+        if kill:
+            self._stop.set()
+        if self._started_cluster:
+            import ray
+
+            ray.shutdown()
+            self._started_cluster = False
+
+    def run(self, trials: Sequence, run_trial: Callable) -> Iterator:
+        if not trials:
+            return
+        ray = require_ray()
+        if not ray.is_initialized():
+            self.start(trials, None)
+        cpus, gpus = self.per_trial()
+        task = ray.remote(trial_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)  # retried here
+        at_once = self.workers or fits(ray.cluster_resources(), cpus, gpus)
+
+        def one(bound: Any) -> Any:
+            return run_trial(bound, compute=lambda b, ctx: self._remote(task, b, ctx, cpus, gpus))
+
+        pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="harness-ray")
+        futures = [pool.submit(one, bound) for bound in trials]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:  # Ctrl-C, a store that failed: cancel everything, rerun resumes
+            self._stop.set()
+            for future in futures:
+                future.cancel()
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+    def per_trial(self) -> tuple[float, float]:
+        """(CPUs, GPUs) each trial asks for: the grid's [resources], else 1 CPU and, on CUDA, 1 GPU."""
+        cpus = float(self.resources.get("cpus_per_trial", 1.0))
+        gpus = self.resources.get("gpus_per_trial")
+        if gpus is None:
+            gpus = 1.0 if self._device_type == "cuda" else 0.0
+        return cpus, float(gpus)
+
+    def _remote(self, task: Any, bound: Any, ctx: Any, cpus: float, gpus: float) -> Any:
+        """Run ``bound`` as a Ray task (resubmitted after a lost worker or node); its result."""
+        from ..runner import FAILED, TrialResult
+
+        from ..checkpoint import checkpoint_root
+
+        settings = {"data_dir": str(ctx.data.data_dir), "device": "cuda" if gpus > 0 else str(ctx.device),
+                    "threads": max(1, int(cpus)), "timeout": ctx.timeout, "checkpoint_every": ctx.checkpoint_every,
+                    "eval_mode": ctx.eval_mode, "checkpoint_dir": str(checkpoint_root())}
+        lost = ""
+        for attempt in range(self.retries + 1):
+            outcome = self._attempt(task, bound, ctx, settings)
+            if isinstance(outcome, TrialResult):
+                if attempt:
+                    outcome.tags["ray.retries"] = str(attempt)
+                return outcome
+            lost = outcome  # the worker or its node was lost: infrastructure, try again
+        return TrialResult(bound.trial, FAILED, error=f"WorkerDied: {lost} (after {self.retries} "
+                                                      f"retr{'y' if self.retries == 1 else 'ies'})")
+
+    def _attempt(self, task: Any, bound: Any, ctx: Any, settings: dict) -> Any:
+        """One submission: the TrialResult, or why Ray lost the task (a str)."""
+        import ray
+
+        from ..runner import FAILED, TrialResult
+
+        stream = task.remote(bound.trial, settings)
+        deadline = None  # from when the trial starts in its worker (not while Ray starts the worker)
+        while True:
+            if self._stop.is_set():
+                ray.cancel(stream, force=True)
+                raise KeyboardInterrupt("the driver was interrupted")
+            if deadline is not None and time.monotonic() > deadline:
+                ray.cancel(stream, force=True)
+                return TrialResult(bound.trial, FAILED, error=f"TrialTimeout: timeout: the trial ran past "
+                                                              f"trial_timeout = {ctx.timeout:g} s and was cancelled")
+            ready, _ = ray.wait([stream], timeout=1.0)
+            if not ready:
+                continue
+            try:
+                kind, payload = ray.get(next(stream))
+            except StopIteration:
+                return "the Ray task ended without a result"
+            except ray.exceptions.RayError as exc:  # a lost worker or node (the task itself never raises)
+                return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+            if kind == "started":
+                if ctx.timeout is not None:
+                    deadline = time.monotonic() + ctx.timeout + KILL_GRACE_SECONDS
+            elif kind == "point":
+                if ctx.stream:
+                    ctx.stream(*payload)
+            else:
+                result, files = payload
+                result.artifacts_dir = unpack(files)
+                return result
+
+
+def require_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("executor 'ray' needs Ray: pip install 'distill-harness[ray]'") from None
+    return ray
+
+
+def fits(cluster: dict, cpus: float, gpus: float) -> int:
+    """How many trials of ``cpus``/``gpus`` each the cluster's totals fit at once (at least 1)."""
+    counts = [int(cluster.get("CPU", 1) // cpus)] if cpus > 0 else []
+    if gpus > 0:
+        counts.append(int(cluster.get("GPU", 0) // gpus))
+    return max(1, min(counts) if counts else 1)
+
+
+def pack(directory: str | None) -> dict[str, bytes]:
+    """A trial's files (its temporary directory, removed) as {relative path: bytes}."""
+    if not directory:
+        return {}
+    root = Path(directory)
+    files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    shutil.rmtree(root, ignore_errors=True)
+    return files
+
+
+def unpack(files: dict[str, bytes]) -> str | None:
+    if not files:
+        return None
+    root = Path(tempfile.mkdtemp(prefix="harness-trial-"))
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    return str(root)
+
+
+# -- task side (runs in a Ray worker process) ------------------------------------------------------------
+_WORKER: dict[tuple, Any] = {}  # (data_dir, device, ...) -> (plugins, TrialContext): kept across trials
+
+
+def trial_task(trial: Any, settings: dict) -> Iterator:
+    """A Ray generator task: yields ("started", None) once the worker is set up, ("point", (step,
+    metrics)) while the trial runs, then ("result", (TrialResult, files)). Never raises: a failing
+    trial is a FAILED result."""
+    import socket
+    import traceback
+
+    from ..errors import one_line
+    from ..runner import FAILED, TrialResult, run_trial
+
+    messages: queue_module.Queue = queue_module.Queue()
+
+    def work() -> None:
+        from ..checkpoint import CHECKPOINT_ENV
+
+        os.environ[CHECKPOINT_ENV] = settings["checkpoint_dir"]  # the driver's, whatever this worker started with
+        try:
+            plugins, ctx = _worker_state(settings)
+            from ..plan import bind
+
+            bound = bind(trial, plugins)
+        except Exception as exc:  # plugins, data or a name this worker cannot set up
+            result = TrialResult(trial, FAILED, error=f"WorkerSetupError: {one_line(exc)}",
+                                 traceback=traceback.format_exc())
+        else:
+            ctx.stream = lambda step, metrics: messages.put(("point", (step, metrics)))
+            messages.put(("started", None))
+            result = run_trial(bound, ctx)
+        result.tags["worker"] = f"{socket.gethostname()}/{os.getpid()}"
+        messages.put(("result", (result, pack(result.artifacts_dir))))
+
+    threading.Thread(target=work, name="harness-trial", daemon=True).start()  # points flow while it runs
+    while True:
+        kind, payload = messages.get()
+        yield kind, payload
+        if kind == "result":
+            return
+
+
+def _worker_state(settings: dict) -> tuple[Any, Any]:
+    import torch
+
+    from ..data import DataCache, resolve_device
+    from ..plugins import get_plugins
+    from ..runner import TrialContext
+
+    key = tuple(sorted((k, v) for k, v in settings.items() if k != "checkpoint_dir"))
+    if key not in _WORKER:
+        torch.set_num_threads(settings["threads"])
+        plugins = get_plugins()
+        device = resolve_device(settings["device"])
+        data = DataCache(plugins, Path(settings["data_dir"]), device)
+        _WORKER[key] = (plugins, TrialContext(data, device, None, timeout=settings["timeout"],
+                                              checkpoint_every=settings["checkpoint_every"],
+                                              eval_mode=settings["eval_mode"]))
+    return _WORKER[key]

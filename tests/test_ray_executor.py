@@ -1,0 +1,124 @@
+"""The ``ray`` executor on a real local Ray cluster (2 CPUs, started once for this module): the same
+accuracies as ``inline``; a trial whose worker dies is retried once, then fails alone; a hung trial
+is cancelled; resources, the missing extra and the cluster's fit, each checked."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.bench import make_executor, run_bench
+from harness.errors import ConfigError
+from harness.grid import build_grid
+from harness.tracking import Tracker
+
+from test_executors import DIGITS, accuracies
+
+ray = pytest.importorskip("ray", reason="Ray is the optional extra distill-harness[ray]; `make setup` installs it")
+pytestmark = pytest.mark.xdist_group("ray")  # one cluster for the module, in one test worker
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A local cluster whose workers also discover tests/plugins_for_tests.py through a real entry
+    point (the `dies` and `hangs` distillers); the executor joins it instead of starting its own."""
+    site = tmp_path_factory.mktemp("site")
+    info = site / "faulty_plugins-0.0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: faulty-plugins\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text("[harness]\nfaulty = plugins_for_tests\n")
+    path = os.pathsep.join([str(site), str(Path(__file__).parent)])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    try:
+        yield path
+    finally:
+        ray.shutdown()
+
+
+def test_ray_and_inline_give_the_same_accuracies(ray_cluster, tmp_path, mlflow_template):
+    from harness.plugins import load_plugins
+
+    plugins = load_plugins()
+    results = {}
+    for executor in ("inline", "ray"):
+        shutil.copy(mlflow_template, tmp_path / f"{executor}.db")
+        uri = f"sqlite:///{tmp_path / executor}.db"
+        grid = build_grid({**copy.deepcopy(DIGITS), "executor": executor}, plugins)
+        outcome = run_bench(grid, plugins, tracking_uri=uri, data_dir=tmp_path)
+        assert (outcome.passed, outcome.failed) == (4, 0)
+        results[executor] = accuracies(uri, "exec")
+    assert results["ray"] == results["inline"]
+    tracker = Tracker(f"sqlite:///{tmp_path / 'ray'}.db")
+    runs = tracker.trial_runs(tracker.experiment_id("exec", create=False))
+    assert all(r.data.tags.get("worker") for r in runs)  # each trial ran in a Ray worker, tagged with it
+    artifacts = tracker.client.list_artifacts(runs[0].info.run_id)
+    assert "distilled.safetensors" in {a.path for a in artifacts}  # its files came back with the result
+
+
+def test_a_ray_trial_whose_worker_dies_or_hangs_fails_alone(ray_cluster, tmp_path, tracking_uri, monkeypatch):
+    import sys
+
+    import harness.executors.ray_executor as ray_executor
+    from harness.plugins import load_plugins
+
+    monkeypatch.setattr(ray_executor, "KILL_GRACE_SECONDS", 1.0)
+    monkeypatch.syspath_prepend(ray_cluster.split(os.pathsep)[0])  # the driver sees the entry point too
+    monkeypatch.syspath_prepend(ray_cluster.split(os.pathsep)[1])
+    sys.modules.pop("plugins_for_tests", None)
+    plugins = load_plugins()
+    # a generous limit: the first trial in a fresh Ray worker on a loaded machine takes seconds
+    doc = {"name": "faults", "device": "cpu", "trial_timeout": 45, "executor": "ray",
+           "grid": [{"distiller": ["dies", "hangs", "random"], "dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [1]}],
+           "eval": {"models": 1, "epochs": 2}}
+    outcome = run_bench(build_grid(doc, plugins), plugins, tracking_uri=tracking_uri, data_dir=tmp_path)
+    assert (outcome.passed, outcome.failed) == (1, 2)
+    runs = accuracies(tracking_uri, "faults")
+    status, _, error = runs["dies/tiny/tiny-mlp/ipc1/seed0"]
+    assert status == "FAILED" and error.startswith("WorkerDied: ") and error.endswith("(after 1 retry)"), error
+    assert runs["hangs/tiny/tiny-mlp/ipc1/seed0"][::2] == ("FAILED", "TrialTimeout: timeout: the trial ran past "
+                                                                     "trial_timeout = 45 s and was cancelled")
+    assert runs["random/tiny/tiny-mlp/ipc1/seed0"][0] == "FINISHED"
+
+
+def test_resources_table_is_checked_and_reaches_the_executor(tiny_plugins):
+    from harness.executors.ray_executor import RayExecutor
+
+    base = {"executor": "ray", "grid": [{"distiller": "random", "dataset": "tiny", "arch": "tiny-mlp", "ipc": 1}]}
+    grid = build_grid({**base, "resources": {"cpus_per_trial": 2, "gpus_per_trial": 0.5}}, tiny_plugins)
+    executor = make_executor(RayExecutor, grid, workers=None, address=None)
+    assert executor.per_trial() == (2.0, 0.5)
+    executor = make_executor(RayExecutor, build_grid(base, tiny_plugins))
+    executor._device_type = "cuda"  # as start() records it from the driver's device
+    assert executor.per_trial() == (1.0, 1.0)  # on CUDA a trial asks for one GPU unless told otherwise
+    for resources, fragment in [({"gpu_per_trial": 1}, "unknown key 'gpu_per_trial'; did you mean 'gpus_per_trial'?"),
+                                ({"cpus_per_trial": 0}, "cpus_per_trial must be > 0"),
+                                ({"cpus_per_trial": "two"}, "expected float, got 'two'"),
+                                ({"gpus_per_trial": 1}, 'gpus_per_trial = 1 but device = "cpu"')]:
+        with pytest.raises(ConfigError, match=None) as info:
+            build_grid({**base, "device": "cpu", "resources": resources}, tiny_plugins)
+        assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_trials_at_once_follow_the_cluster():
+    from harness.executors.ray_executor import fits
+
+    assert fits({"CPU": 16.0, "GPU": 4.0}, 1.0, 0.5) == 8  # GPUs bound: two trials per GPU
+    assert fits({"CPU": 16.0, "GPU": 4.0}, 4.0, 0.0) == 4
+    assert fits({"CPU": 2.0}, 4.0, 0.0) == 1  # never fewer than one
+
+
+def test_without_ray_the_executor_is_one_line_naming_the_extra(tiny_plugins, monkeypatch):
+    import importlib.util
+
+    from harness.executors.ray_executor import RayExecutor
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    grid = build_grid({"executor": "ray", "grid": [{"distiller": "random", "dataset": "tiny", "arch": "tiny-mlp",
+                                                    "ipc": 1}]}, tiny_plugins)
+    with pytest.raises(ConfigError, match=r"^executor 'ray' needs Ray: pip install 'distill-harness\[ray\]'$"):
+        make_executor(RayExecutor, grid)
