@@ -80,6 +80,11 @@ def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume, ex
                             resume=resume, console=console, workers=workers, address=ray_address)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    _summarise(console, outcome, tracking_uri)
+
+
+def _summarise(console, outcome, tracking_uri) -> None:
+    """The leaderboard and where to look next; exit 0 when every trial passed, else 1."""
     if outcome.board is not None and len(outcome.board):
         _print_board(console, outcome.board, f"Leaderboard: {outcome.experiment}")
     console.print(f"{outcome.passed} passed, {outcome.failed} failed, {outcome.skipped} skipped (already finished). "
@@ -87,6 +92,53 @@ def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume, ex
                   + ("" if tracking_uri is None else f" --tracking-uri {tracking_uri}")
                   + f"; UI: mlflow ui --backend-store-uri {outcome.tracking_uri}", highlight=False)
     sys.exit(0 if outcome.ok else 1)
+
+
+@cli.command(name="eval")
+@click.argument("sets", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--dataset", required=True, help="The dataset the sets were distilled from (its test split evaluates them).")
+@click.option("--arch", required=True, help="The architecture the sets were distilled with ([eval] archs 'same').")
+@click.option("--grid", "recipes_file", type=click.Path(path_type=Path), default=None,
+              help="A grid file whose [eval] recipes, seeds, device, ... to use (no [[grid]] tables).")
+@click.option("--seeds", default=None, metavar="0,1,2", help="Evaluation seeds (default: the --grid file's, else 0).")
+@click.option("--experiment", default=None, help="MLflow experiment (default: the --grid file's name, else 'eval'); "
+                                                 "name a bench's experiment to put the runs beside its own.")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the --grid file's, else auto).")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow store [default: sqlite:///results/mlflow.db; env MLFLOW_TRACKING_URI].")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="HARNESS_DATA_DIR",
+              help="Where datasets live [env HARNESS_DATA_DIR; default ~/.cache/distill-harness/data].")
+def eval_command(sets, dataset, arch, recipes_file, seeds, experiment, device, tracking_uri, data_dir) -> None:
+    """Evaluate distilled sets made elsewhere (SETS: safetensors files, docs/distilled-set-format.md)
+    under the same protocol as `bench`, with the random baseline at each set's budget.
+
+    Exit code 0 when every trial passed, 1 when some failed, 2 for invalid input.
+    """
+    from rich.console import Console
+
+    from .bench import run_bench
+    from .errors import ConfigError
+    from .evalset import eval_grid
+    from .grid import check_device
+
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {seeds!r}") from None
+    plugins = _plugins()
+    grid = eval_grid([str(s) for s in sets], dataset, arch, plugins, seed_list,
+                     str(recipes_file) if recipes_file else None, experiment)
+    if device:
+        check_device(device, "--device")
+    console = Console()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        outcome = run_bench(grid, plugins, tracking_uri=tracking_uri, data_dir=data_dir, device=device, console=console)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _summarise(console, outcome, tracking_uri)
 
 
 @cli.command()

@@ -216,10 +216,10 @@ def _selected_entry_points() -> list[metadata.EntryPoint]:
 
 def load_plugins(extra: Iterable[tuple[object, str, str]] = ()) -> Plugins:
     """Load the core's own plugins, every selected entry point, and ``extra`` (obj, name, dist)."""
-    from .executors import inline
+    from . import core_plugin
 
     plugins = Plugins()
-    plugins.add(inline, "harness.executors.inline", CORE_DISTRIBUTION, distribution_version(CORE_DISTRIBUTION))
+    plugins.add(core_plugin, "harness.core", CORE_DISTRIBUTION, distribution_version(CORE_DISTRIBUTION))
     for ep in _selected_entry_points():
         dist = ep.dist.name if ep.dist else "?"
         version = ep.dist.version if ep.dist else ""

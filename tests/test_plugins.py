@@ -250,7 +250,7 @@ def test_disable_autoload_leaves_only_the_core_executors(tmp_path):
     doc = plugins_json(tmp_path, site, HARNESS_DISABLE_PLUGIN_AUTOLOAD="1")
     assert doc["problems"] == []  # the broken plugin is not even imported
     assert [(p["distribution"], p["registered"]) for p in doc["plugins"]] == [
-        (CORE_DISTRIBUTION, {"executors": ["inline", "process"]})]
+        (CORE_DISTRIBUTION, {"distillers": ["file"], "executors": ["inline", "process", "ray"]})]
     proc = harness_cli("ls", "datasets", cwd=tmp_path, HARNESS_DISABLE_PLUGIN_AUTOLOAD="1")
     assert proc.returncode == 1
     assert proc.stdout == "" and "no datasets registered" in proc.stderr
@@ -281,7 +281,7 @@ def test_plugins_human_output_lists_versions_and_broken(tmp_path):
     proc = harness_cli("plugins", cwd=tmp_path, site=site)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert f"distill-harness {harness.__version__}  (harness.executors.inline: harness.executors.inline)" in out
+    assert f"distill-harness {harness.__version__}  (harness.core: harness.core_plugin)" in out
     assert f"harness-vision {metadata.version('harness-vision')}  (vision: harness_vision.plugin)" in out
     assert (f"harness-distillers {metadata.version('harness-distillers')}  "
             f"(distillers: harness_distillers.plugin)") in out
@@ -474,7 +474,7 @@ def test_in_process_disable_autoload_values(monkeypatch, value, autoload):
     monkeypatch.setenv("HARNESS_DISABLE_PLUGIN_AUTOLOAD", value)
     plugins = load_plugins()
     assert ("digits" in plugins.datasets) is autoload
-    assert plugins.executors.names() == ["inline", "process"]
+    assert plugins.executors.names() == ["inline", "process", "ray"]
     dists = {i.distribution for i in plugins.infos.values()}
     if autoload:
         assert BUILTIN_DISTRIBUTIONS <= dists

@@ -15,6 +15,6 @@ An executor that takes a ``workers`` keyword gets ``harness bench --workers N``.
 meanwhile), and ``close(kill=False)``, always called at the end (``kill=True`` when the driver was
 interrupted or failed).
 Executors are registered with the ``register_executors`` hook; the core registers ``inline``,
-``process`` and ``ray``. A constructor may take ``workers`` (``--workers``), ``address``
+``process`` and ``ray`` (:mod:`harness.core_plugin`). A constructor may take ``workers`` (``--workers``), ``address``
 (``--ray-address``) and ``resources`` (the grid's ``[resources]`` table).
 """
