@@ -255,9 +255,13 @@ def test_curve_stream_batches_and_keeps_points_a_failed_send_did_not_deliver():
     assert stream.sent == 7
 
 
-def test_an_interrupted_trial_resumes_from_its_mid_trial_checkpoint(tmp_path, tracking_uri, tests_plugin_env):
-    """Checkpoints every 0.5 s; Ctrl-C once one exists; the rerun's distillation starts where it was."""
-    grid = write_grid(tmp_path, steps=600, seconds=0.02, extra="checkpoint_every = 0.5")
+@pytest.mark.parametrize("executor", ["inline", "process", "ray"])
+def test_an_interrupted_trial_resumes_from_its_mid_trial_checkpoint(tmp_path, tracking_uri, tests_plugin_env, executor):
+    """Checkpoints every 0.5 s; Ctrl-C once one exists; the rerun's distillation starts where it was,
+    whichever executor ran it (a worker process, a Ray task: the checkpoint directory is the driver's)."""
+    if executor == "ray":
+        pytest.importorskip("ray", reason="Ray is the optional extra distill-harness[ray]; `make setup` installs it")
+    grid = write_grid(tmp_path, steps=600, seconds=0.02, extra=f'checkpoint_every = 0.5\nexecutor = "{executor}"')
     env = {**tests_plugin_env, "HARNESS_CHECKPOINT_DIR": str(tmp_path / "ck")}
     proc = start_driver(grid, tracking_uri, env, tmp_path)
     try:
