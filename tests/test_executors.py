@@ -109,6 +109,24 @@ def test_process_workers_default_to_one_per_gpu_only_on_cuda(monkeypatch):
     assert default_workers(torch.device("cpu")) == 2
 
 
+def test_each_worker_is_pinned_to_its_gpu_or_gets_its_share_of_cores(monkeypatch, tmp_path):
+    import os
+    from types import SimpleNamespace
+
+    import torch
+
+    from harness.executors.process import worker_settings
+
+    ctx = lambda device: SimpleNamespace(device=torch.device(device), data=SimpleNamespace(data_dir=tmp_path),  # noqa: E731
+                                         timeout=None, checkpoint_every=None, eval_mode="auto")
+    assert [worker_settings(slot, 3, ctx("cuda"))["gpu"] for slot in range(3)] == ["0", "1", "2"]
+    assert worker_settings(1, 3, ctx("cuda"))["device"] == "cuda"  # its one visible GPU
+    assert worker_settings(1, 2, ctx("cuda:1"))["gpu"] == "1"  # --device cuda:1: that GPU for every worker
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    cpu = worker_settings(0, 4, ctx("cpu"))
+    assert (cpu["gpu"], cpu["device"], cpu["threads"]) == (None, "cpu", 4)
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["--executor", "procss"], "unknown executor 'procss'; did you mean 'process'?"),
     (["--workers", "2"], "--workers applies to the process or ray executor; executor 'inline' does not take it"),

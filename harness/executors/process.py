@@ -98,6 +98,18 @@ def default_workers(device: Any = None) -> int:
     return 2
 
 
+def worker_settings(slot: int, slots: int, ctx: Any) -> dict:
+    """What slot ``slot``'s worker runs with: on CUDA, GPU ``slot`` (or the one ``cuda:N`` names)
+    made its only visible device; on CPU, the cores' torch threads split between the slots."""
+    device = ctx.device
+    gpu = None
+    if device.type == "cuda":
+        gpu = str(slot if device.index is None else device.index)
+    return {"data_dir": str(ctx.data.data_dir), "device": "cuda" if gpu is not None else str(device),
+            "gpu": gpu, "threads": max(1, (os.cpu_count() or 1) // slots), "timeout": ctx.timeout,
+            "checkpoint_every": ctx.checkpoint_every, "eval_mode": ctx.eval_mode}
+
+
 class Worker:
     """One slot's worker process, started on its first trial and replaced after it dies or is killed.
     Used by one driver thread at a time (the executor hands slots out through a queue)."""
@@ -117,13 +129,7 @@ class Worker:
 
         spawn = multiprocessing.get_context("spawn")
         self.inbox, self.outbox = spawn.Queue(), spawn.Queue()
-        device = ctx.device
-        gpu = None
-        if device.type == "cuda":
-            gpu = str(self.slot if device.index is None else device.index)
-        settings = {"data_dir": str(ctx.data.data_dir), "device": "cuda" if gpu is not None else str(device),
-                    "gpu": gpu, "threads": max(1, (os.cpu_count() or 1) // self.slots), "timeout": ctx.timeout,
-                    "checkpoint_every": ctx.checkpoint_every, "eval_mode": ctx.eval_mode}
+        settings = worker_settings(self.slot, self.slots, ctx)
         process = spawn.Process(target=serve, args=(settings, self.inbox, self.outbox), daemon=True,
                                 name=f"harness-worker-{self.slot}")
         process.start()
