@@ -216,12 +216,14 @@ def ls_command(kind, pattern) -> None:
                    "runs left over from earlier versions of the grid are not reported.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="With --grid: the same overrides the grid was run with.")
-def report(experiments, tracking_uri, out_dir, grid_file, overrides) -> None:
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default=None,
+              help="What is printed: table (terminal), md, csv or json [default: table on a terminal, else md].")
+def report(experiments, tracking_uri, out_dir, grid_file, overrides, fmt) -> None:
     """Leaderboards (mean ± std over seeds) printed and written to OUT/<experiment>.md and .csv."""
     from rich.console import Console
 
     from .grid import check_experiment_name
-    from .report import leaderboard, runs_frame, write_report
+    from .report import leaderboard, render, runs_frame, write_report
     from .tracking import Tracker
 
     keys = None
@@ -252,8 +254,12 @@ def report(experiments, tracking_uri, out_dir, grid_file, overrides) -> None:
         command = (f"harness report --grid {grid_file}" if grid_file else f"harness report --experiment {name}") \
             + "".join(f" --set {o}" for o in overrides) + (f" --tracking-uri {tracking_uri}" if tracking_uri else "")
         md, csv = write_report(board, out_dir, name, command)
-        _print_board(console, board, f"Leaderboard: {name}")
-        click.echo(f"wrote {md} and {csv}")
+        fmt = fmt or ("table" if sys.stdout.isatty() else "md")  # piped: full names, no 80-column wrap
+        if fmt == "table":
+            _print_board(console, board, f"Leaderboard: {name}")
+        else:
+            click.echo(render(board, fmt, f"Leaderboard: {name}", command), nl=False)
+        click.echo(f"wrote {md} and {csv}", err=fmt != "table")  # keeps a piped csv/json parseable
 
 
 @cli.command()
@@ -279,10 +285,10 @@ def _print_board(console, board, title: str) -> None:
 
     from .report import COLUMNS, board_cells
 
-    shown = COLUMNS[:10]  # the terminal leaves out the timing columns
+    shown = COLUMNS[:11]  # the terminal leaves out the timing columns
     table = Table(title=title, show_lines=False)
     for col in shown:
-        table.add_column(col, justify="right" if col in ("acc", "random", "gain", "seeds") else "left")
+        table.add_column(col, justify="right" if col in ("acc", "random", "gain", "to full", "seeds") else "left")
     for cells in board_cells(board):
         table.add_row(*cells[: len(shown)])
     console.print(table)

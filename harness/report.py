@@ -110,10 +110,22 @@ def leaderboard(frame: Any) -> Any:
                   gain_std=("gain", lambda s: s.std(ddof=0)),
                   distill_s=("distill_s", "mean"), eval_s=("eval_s", "mean"))
              .reset_index())
+    one_seed = board["seeds"] <= 1  # a std over one seed is not a measurement: n/a, never 0.00
+    board.loc[one_seed, ["acc_std", "gain_std"]] = float("nan")
+    board["to_full"] = _gap_to_full(board)
     board["_budget"] = board["budget"].map(_budget_order)
     board = board.sort_values(["dataset", "base_dataset", "_budget", "recipe", "acc_mean"],
                               ascending=[True, True, True, True, False]).drop(columns="_budget")
     return board.reset_index(drop=True)
+
+
+def _gap_to_full(board: Any) -> Any:
+    """HLR-style (DD-Ranking's hard-label recovery): the full training set's accuracy minus this
+    row's, in the same dataset, distill arch and recipe (points still to recover; NaN without a
+    ``full`` row). The full row's own protocol may differ (fewer epochs): its column says so."""
+    full = board[board["distiller"] == "full"].groupby(["dataset", "base_dataset", "arch", "recipe"])["acc_mean"].max()
+    keys = list(zip(board["dataset"], board["base_dataset"], board["arch"], board["recipe"]))
+    return [full.get(k, float("nan")) - acc for k, acc in zip(keys, board["acc_mean"])]
 
 
 def _protocol(label: str, epochs: Any, models: Any, test_size: Any = "0", init: str = "") -> str:
@@ -153,7 +165,8 @@ def format_pm(mean: float, std: float) -> str:
 def to_markdown(board: Any, title: str, command: str) -> str:
     lines = [f"# {title}", "", f"Regenerate: `{command}`", "",
              "Accuracy in % (mean ± std over seeds; the mean alone for one seed); `gain` = accuracy − random real subset at the same "
-             "budget and recipe. Recipe = eval arch / optimizer (/known-init, /dsa); protocol = epochs x models per "
+             "budget and recipe; `to full` = the full training set's accuracy − this row's (same dataset, arch and "
+             "recipe; HLR-style). Recipe = eval arch / optimizer (/known-init, /dsa); protocol = epochs x models per "
              "seed (or the set's learned step sizes x models) and the model init scheme used while distilling "
              "and evaluating (`harness.init`: default = PyTorch's, xavier = xavier_normal with zero bias).", ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -161,8 +174,9 @@ def to_markdown(board: Any, title: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-COLUMNS = ["dataset", "arch", "budget", "recipe", "protocol", "distiller", "acc", "random", "gain", "seeds",
-           "distill s", "eval s"]
+COLUMNS = ["dataset", "arch", "budget", "recipe", "protocol", "distiller", "acc", "random", "gain", "to full",
+           "seeds", "distill s", "eval s"]
+FORMATS = ("table", "md", "csv", "json")
 
 
 def board_cells(board: Any) -> list[list[str]]:
@@ -176,9 +190,25 @@ def board_cells(board: Any) -> list[list[str]]:
         rows.append([str(c) for c in (
             data, r["arch"], r["budget"], r["recipe"], r["protocol"], distiller_label(r), acc,
             "n/a" if r["random_mean"] != r["random_mean"] else f"{r['random_mean']:.2f}",
-            format_pm(r["gain_mean"], float("nan") if one else r["gain_std"]), seeds, _secs(r["distill_s"]),
-            _secs(r["eval_s"]))])
+            format_pm(r["gain_mean"], float("nan") if one else r["gain_std"]),
+            "" if r.get("to_full", float("nan")) != r.get("to_full", float("nan")) else f"{r['to_full']:.2f}",
+            seeds, _secs(r["distill_s"]), _secs(r["eval_s"]))])
     return rows
+
+
+def render(board: Any, fmt: str, title: str, command: str) -> str:
+    """The leaderboard as text for stdout: ``md`` (full names, reads anywhere), ``csv``, ``json``
+    (records; NaN as null, e.g. the std of one seed). ``table`` is drawn by the CLI with rich."""
+    import json
+
+    if fmt == "md":
+        return to_markdown(board, title, command)
+    if fmt == "csv":
+        return board.to_csv(index=False, float_format="%.4f")
+    if fmt == "json":
+        records = json.loads(board.to_json(orient="records", double_precision=6))  # NaN -> null
+        return json.dumps({"title": title, "command": command, "accuracy_unit": "percent", "rows": records}, indent=2) + "\n"
+    raise HarnessError(f"unknown report format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
 def distiller_label(row: Any) -> str:

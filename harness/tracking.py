@@ -35,6 +35,10 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError)) or any(t in text for t in TRANSIENT)
 
 
+# the MLflow UI opens an experiment in the view this tag names; without it, MLflow 3 opens harness
+# experiments on its GenAI view ("Traces"), where no runs show
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
 class _Retrying:
     """An MlflowClient whose calls are retried with backoff when they fail transiently."""
 
@@ -149,13 +153,16 @@ class Tracker:
                 if not create:
                     return None
                 try:
-                    return self.client.create_experiment(name, artifact_location=self._artifact_root(name))
+                    return self.client.create_experiment(name, artifact_location=self._artifact_root(name),
+                                                         tags={EXPERIMENT_KIND: MODEL_TRAINING})
                 except Exception:  # another driver created it between our lookup and our create
                     exp = self.client.get_experiment_by_name(name)
                     if exp is None:
                         raise
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+            if create and EXPERIMENT_KIND not in exp.tags:  # made before the tag (or elsewhere): a user's choice stays
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
             return exp.experiment_id
 
         with _store_lock(self.uri):

@@ -294,6 +294,27 @@ def test_cli_bench_then_report_on_the_quick_grid(tracking_uri, tmp_path):
     assert rep.returncode == 0, rep.stderr
     md = (tmp_path / "r" / "quick.md").read_text()
     assert "| digits | mlp | ipc=1 | mlp/sgd | 2 ep x 1, init default | random |" in md and "| full |" in md
+    # piped (not a terminal): markdown with full names on stdout, the file note on stderr
+    assert "| digits | mlp | ipc=1 | mlp/sgd | 2 ep x 1, init default | random |" in rep.stdout
+    assert "wrote " in rep.stderr and "wrote " not in rep.stdout
+    import csv as csv_module
+    import io
+    import json
+
+    rep = harness_cli("report", "--experiment", "quick", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "r"),
+                      "--format", "csv", cwd=tmp_path)
+    rows = list(csv_module.DictReader(io.StringIO(rep.stdout)))
+    assert {r["distiller"] for r in rows} == {"random", "full"} and all(r["acc_std"] == "" for r in rows)  # one seed
+    rep = harness_cli("report", "--experiment", "quick", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "r"),
+                      "--format", "json", cwd=tmp_path)
+    doc = json.loads(rep.stdout)
+    assert doc["accuracy_unit"] == "percent"
+    full = next(r for r in doc["rows"] if r["distiller"] == "full")
+    random_ipc1 = next(r for r in doc["rows"] if r["distiller"] == "random" and r["budget"] == "ipc=1")
+    assert full["acc_std"] is None and full["to_full"] == 0.0  # n/a for one seed; the full row is its own reference
+    assert random_ipc1["to_full"] == pytest.approx(full["acc_mean"] - random_ipc1["acc_mean"])
+    experiment = Tracker(tracking_uri).client.get_experiment_by_name("quick")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
     # --grid: only the trials the grid (with the same overrides) defines; none for other overrides
     rep = harness_cli("report", "--grid", str(grid), *args[:8], "--tracking-uri", tracking_uri,
                       "--out", str(tmp_path / "g"), cwd=tmp_path)
@@ -451,3 +472,16 @@ def test_report_for_a_grid_leaves_out_runs_of_its_earlier_versions(bench, tracki
     assert len(runs_frame(tracker, "tiny-bench")) == 3  # 2 old + 1 new
     frame = runs_frame(tracker, "tiny-bench", {t.key for t in grid.trials})
     assert len(frame) == 1 and frame.iloc[0]["seed"] == 0 and str(frame.iloc[0]["eval_epochs"]) == "2"
+
+
+def test_experiments_are_tagged_to_open_on_runs_in_the_mlflow_ui(tracking_uri):
+    """New experiments and ones made before the tag get MLflow's model-training kind; a kind
+    someone chose stays."""
+    tracker = Tracker(tracking_uri)
+    kind = "mlflow.experimentKind"
+    new = tracker.experiment_id("fresh")
+    older = tracker.client.create_experiment("older")
+    chosen = tracker.client.create_experiment("chosen", tags={kind: "genai_development"})
+    assert tracker.experiment_id("older") == older and tracker.experiment_id("chosen") == chosen
+    tags = {e: tracker.client.get_experiment(e).tags.get(kind) for e in (new, older, chosen)}
+    assert tags == {new: "custom_model_development", older: "custom_model_development", chosen: "genai_development"}
