@@ -86,11 +86,17 @@ def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume, ex
 def _summarise(console, outcome, tracking_uri) -> None:
     """The leaderboard and where to look next; exit 0 when every trial passed, else 1."""
     if outcome.board is not None and len(outcome.board):
-        _print_board(console, outcome.board, f"Leaderboard: {outcome.experiment}")
+        if console.is_terminal:
+            _print_board(console, outcome.board, f"Leaderboard: {outcome.experiment}")
+        else:  # piped or logged: markdown with full names, not a table wrapped at 80 columns
+            from .report import render
+
+            click.echo(render(outcome.board, "md", f"Leaderboard: {outcome.experiment}",
+                              f"harness report --experiment {outcome.experiment}"), nl=False)
     console.print(f"{outcome.passed} passed, {outcome.failed} failed, {outcome.skipped} skipped (already finished). "
                   f"Tables: harness report --experiment {outcome.experiment}"
                   + ("" if tracking_uri is None else f" --tracking-uri {tracking_uri}")
-                  + f"; UI: mlflow ui --backend-store-uri {outcome.tracking_uri}", highlight=False)
+                  + f"; UI: mlflow ui --backend-store-uri {outcome.tracking_uri}", highlight=False, soft_wrap=True)
     sys.exit(0 if outcome.ok else 1)
 
 

@@ -280,15 +280,15 @@ def harness_cli(*args, cwd, env=None):
 def test_cli_bench_then_report_on_the_quick_grid(tracking_uri, tmp_path):
     """The README's quick grid, scaled to seconds: real digits, real plugins, real sqlite store."""
     grid = REPO / "benchmarks" / "grids" / "quick.toml"
-    args = ["--set", "eval.epochs=2", "--set", "eval.models=1", "--set", "seeds=[0]", "--set", 'grid.arch=["mlp"]',
-            "--tracking-uri", tracking_uri, "--device", "cpu"]
+    args = ["--set", "eval.epochs=2", "--set", "eval.models=1", "--set", "seeds=[0]", "--set", "distillers.dm.iterations=5",
+            "--set", "distillers.dc.iterations=2", "--tracking-uri", tracking_uri, "--device", "cpu"]
     harness_cli = run_harness  # in this process (tests/cli_in_process.py)
     res = harness_cli("bench", str(grid), *args, cwd=tmp_path)
     assert res.returncode == 0, res.stderr + res.stdout
-    assert "3 passed, 0 failed" in res.stdout
+    assert "6 passed, 0 failed" in res.stdout  # random and dm at ipc 1 and 10, dc at 1, full
     assert not (tmp_path / "results").exists() or not list((tmp_path / "results").glob("*.db"))
     again = harness_cli("bench", str(grid), *args, cwd=tmp_path)
-    assert "0 passed, 0 failed, 3 skipped" in again.stdout
+    assert "0 passed, 0 failed, 6 skipped" in again.stdout
     rep = harness_cli("report", "--experiment", "quick", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "r"),
                       cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr
@@ -304,7 +304,7 @@ def test_cli_bench_then_report_on_the_quick_grid(tracking_uri, tmp_path):
     rep = harness_cli("report", "--experiment", "quick", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "r"),
                       "--format", "csv", cwd=tmp_path)
     rows = list(csv_module.DictReader(io.StringIO(rep.stdout)))
-    assert {r["distiller"] for r in rows} == {"random", "full"} and all(r["acc_std"] == "" for r in rows)  # one seed
+    assert {r["distiller"] for r in rows} == {"random", "dm", "dc", "full"} and all(r["acc_std"] == "" for r in rows)  # one seed
     rep = harness_cli("report", "--experiment", "quick", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "r"),
                       "--format", "json", cwd=tmp_path)
     doc = json.loads(rep.stdout)
@@ -316,7 +316,7 @@ def test_cli_bench_then_report_on_the_quick_grid(tracking_uri, tmp_path):
     experiment = Tracker(tracking_uri).client.get_experiment_by_name("quick")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
     # --grid: only the trials the grid (with the same overrides) defines; none for other overrides
-    rep = harness_cli("report", "--grid", str(grid), *args[:8], "--tracking-uri", tracking_uri,
+    rep = harness_cli("report", "--grid", str(grid), *args[:10], "--tracking-uri", tracking_uri,
                       "--out", str(tmp_path / "g"), cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr
     assert (tmp_path / "g" / "quick.md").read_text().count("| digits |") == md.count("| digits |")
