@@ -291,10 +291,10 @@ def _print_board(console, board, title: str) -> None:
 
     from .report import COLUMNS, board_cells
 
-    shown = COLUMNS[:11]  # the terminal leaves out the timing columns
+    shown = COLUMNS[:12]  # the terminal leaves out the timing columns
     table = Table(title=title, show_lines=False)
     for col in shown:
-        table.add_column(col, justify="right" if col in ("acc", "random", "gain", "to full", "seeds") else "left")
+        table.add_column(col, justify="right" if col in ("acc", "random", "gain", "to full", "vs best", "seeds") else "left")
     for cells in board_cells(board):
         table.add_row(*cells[: len(shown)])
     console.print(table)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HarnessError
-from .tracking import GRID_KEY, TRIAL_KEY
+from .tracking import GRID_KEY, PER_MODEL, TRIAL_KEY
 
 GROUP = ["dataset", "base_dataset", "arch", "budget", "recipe", "protocol", "distiller", "variant"]
 PER_RECIPE = re.compile(r"^acc_mean/(.+)$")
@@ -54,10 +54,22 @@ def runs_frame(tracker: Any, experiment: str, keys: set[str] | None = None) -> A
         row.update(seed=int(p.get("seed", 0)), status=run.info.status, error=run.data.tags.get("error", ""),
                    trial_key=run.data.tags.get(TRIAL_KEY), grid_key=key, run_id=run.info.run_id)
         row["_cfg"] = {k[4:]: v for k, v in p.items() if k.startswith("cfg.")}
+        row["per_model"] = _per_model(run.data.tags.get(PER_MODEL))
         row.update(run.data.metrics)
         rows.append(row)
     _add_variants(rows)
     return pd.DataFrame(rows)
+
+
+def _per_model(tag: str | None) -> dict:
+    """The ``acc_models`` tag: {recipe: [accuracy per model]} ({} for runs logged before it)."""
+    import json
+
+    try:
+        value = json.loads(tag) if tag else {}
+    except ValueError:  # cut at the tag limit: no paired test for this run
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _add_variants(rows: list[dict]) -> None:
@@ -91,8 +103,10 @@ def leaderboard(frame: Any) -> Any:
             for label in (row.get("recipes") or "-").split(","):
                 records.append({**base, "recipe": label, "protocol": _protocol(label, epochs, models, test_size, init), "failed": 1})
             continue
+        per_model = row.get("per_model") if isinstance(row.get("per_model"), dict) else {}
         for label in labels:
             records.append({**base, "recipe": label, "protocol": _protocol(label, epochs, models, test_size, init), "failed": 0,
+                            "models": {(row.get("seed"), k): 100 * a for k, a in enumerate(per_model.get(label, []))},
                             "acc": 100 * row[f"acc_mean/{label}"],
                             "acc_random": 100 * row.get(f"acc_random/{label}", float("nan")),
                             "gain": 100 * row.get(f"gain/{label}", float("nan")),
@@ -113,10 +127,50 @@ def leaderboard(frame: Any) -> Any:
     one_seed = board["seeds"] <= 1  # a std over one seed is not a measurement: n/a, never 0.00
     board.loc[one_seed, ["acc_std", "gain_std"]] = float("nan")
     board["to_full"] = _gap_to_full(board)
+    board = _mark_best(board, long)
     board["_budget"] = board["budget"].map(_budget_order)
     board = board.sort_values(["dataset", "base_dataset", "_budget", "recipe", "acc_mean"],
                               ascending=[True, True, True, True, False]).drop(columns="_budget")
     return board.reset_index(drop=True)
+
+
+SETTING = ["dataset", "base_dataset", "arch", "budget", "recipe", "protocol"]
+
+
+def _mark_best(board: Any, long: Any) -> Any:
+    """``vs_best``: per setting, the best method, and every other one's paired difference to it over
+    seeds x models with a bootstrap CI (:mod:`harness.significance`); the full set is no method."""
+    from .significance import versus_best
+
+    cols = {"best": False, "vs_best": float("nan"), "vs_best_low": float("nan"), "vs_best_high": float("nan"),
+            "significant": None}
+    for col, default in cols.items():
+        board[col] = default
+    board["significant"] = board["significant"].astype(object)
+    if "models" not in long:
+        return board
+    done = long[(long["failed"] == 0) & (long["distiller"] != "full")]
+    for setting, group in done.groupby(SETTING, dropna=False):
+        methods = {}
+        for (distiller, variant), rows in group.groupby(["distiller", "variant"], dropna=False):
+            pairs = {}
+            for models in rows["models"]:
+                pairs.update(models if isinstance(models, dict) else {})
+            methods[(distiller, variant)] = (rows["acc"].mean(), pairs)
+        if len(methods) < 2:
+            continue
+        for (distiller, variant), verdict in versus_best(methods).items():
+            mask = (board["distiller"] == distiller) & (board["variant"].fillna("") == (variant if variant == variant else ""))
+            for key, value in zip(SETTING, setting):
+                mask &= board[key].fillna("") == ("" if value != value else value)
+            idx = board.index[mask]
+            board.loc[idx, "best"] = verdict["best"]
+            board.loc[idx, "vs_best"] = verdict["diff"]
+            board.loc[idx, "vs_best_low"] = verdict["low"]
+            board.loc[idx, "vs_best_high"] = verdict["high"]
+            for i in idx:
+                board.at[i, "significant"] = verdict["significant"]
+    return board
 
 
 def _gap_to_full(board: Any) -> Any:
@@ -166,7 +220,8 @@ def to_markdown(board: Any, title: str, command: str) -> str:
     lines = [f"# {title}", "", f"Regenerate: `{command}`", "",
              "Accuracy in % (mean ± std over seeds; the mean alone for one seed); `gain` = accuracy − random real subset at the same "
              "budget and recipe; `to full` = the full training set's accuracy − this row's (same dataset, arch and "
-             "recipe; HLR-style). Recipe = eval arch / optimizer (/known-init, /dsa); protocol = epochs x models per "
+             "recipe; HLR-style); `vs best` = the difference to the setting's best method over paired seeds x models "
+             "with its 95% bootstrap CI, `n.s.` when the CI includes 0 (`harness.significance`). Recipe = eval arch / optimizer (/known-init, /dsa); protocol = epochs x models per "
              "seed (or the set's learned step sizes x models) and the model init scheme used while distilling "
              "and evaluating (`harness.init`: default = PyTorch's, xavier = xavier_normal with zero bias).", ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -175,7 +230,7 @@ def to_markdown(board: Any, title: str, command: str) -> str:
 
 
 COLUMNS = ["dataset", "arch", "budget", "recipe", "protocol", "distiller", "acc", "random", "gain", "to full",
-           "seeds", "distill s", "eval s"]
+           "vs best", "seeds", "distill s", "eval s"]
 FORMATS = ("table", "md", "csv", "json")
 
 
@@ -192,8 +247,22 @@ def board_cells(board: Any) -> list[list[str]]:
             "n/a" if r["random_mean"] != r["random_mean"] else f"{r['random_mean']:.2f}",
             format_pm(r["gain_mean"], float("nan") if one else r["gain_std"]),
             "" if r.get("to_full", float("nan")) != r.get("to_full", float("nan")) else f"{r['to_full']:.2f}",
-            seeds, _secs(r["distill_s"]), _secs(r["eval_s"]))])
+            _vs_best(r), seeds, _secs(r["distill_s"]), _secs(r["eval_s"]))])
     return rows
+
+
+def _vs_best(r: Any) -> str:
+    """"best"; "-3.20 [-4.10, -2.30]" (significant: the CI excludes 0); "-0.80 n.s."; "" (no comparison)."""
+    if r.get("best") is True:
+        return "best"
+    diff = r.get("vs_best", float("nan"))
+    if diff != diff:
+        return ""
+    if r.get("significant") is None:
+        return f"{diff:+.2f} (too few pairs)"
+    if r.get("significant"):
+        return f"{diff:+.2f} [{r['vs_best_low']:+.2f}, {r['vs_best_high']:+.2f}]"
+    return f"{diff:+.2f} n.s."
 
 
 def render(board: Any, fmt: str, title: str, command: str) -> str:

@@ -9,6 +9,7 @@ param and metric keys across children so MLflow's compare view lines them up.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -38,6 +39,8 @@ def is_transient(exc: BaseException) -> bool:
 # the MLflow UI opens an experiment in the view this tag names; without it, MLflow 3 opens harness
 # experiments on its GenAI view ("Traces"), where no runs show
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+PER_MODEL = "acc_models"  # tag: JSON {recipe: [accuracy of model 0, 1, ...]} (the report's paired tests read it)
+MAX_TAG = 5000
 
 class _Retrying:
     """An MlflowClient whose calls are retried with backoff when they fail transiently."""
@@ -272,11 +275,12 @@ class Tracker:
 
         now = now_ms()
         metrics = [Metric(k, float(v), now, 0) for k, v in result.metrics.items()]
-        for label, accs in result.per_model.items():
-            metrics += [Metric(f"acc_model/{label}", float(a), now, k) for k, a in enumerate(accs)]
         for step, values in result.curves[curves_sent:]:
             metrics += [Metric(f"distill/{k}", float(v), now, int(step)) for k, v in values.items()]
         tags = {"status": result.status, **result.tags}
+        if result.per_model:  # one value per evaluated model, by recipe: a tag, not a step series
+            tags[PER_MODEL] = json.dumps({label: [round(float(a), 6) for a in accs]
+                                          for label, accs in result.per_model.items()})[:MAX_TAG]
         if result.error:
             tags["error"] = result.error[:5000]
         with self._lock:
