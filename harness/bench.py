@@ -155,11 +155,26 @@ def make_executor(cls: type, grid: Grid, **options: Any) -> Any:
     return cls(**kwargs)
 
 
+def describe_bench(grid: Grid, todo: list, skipped: int, device: Any, executor: Any) -> str:
+    """The parent run's description in the MLflow UI: what ran, on what, and the command."""
+    from .data import device_name
+
+    trials = [b.trial for b in todo]
+    distillers = sorted({t.distiller for t in trials}) or ["-"]
+    datasets = sorted({t.dataset for t in trials}) or ["-"]
+    recipes = sorted({r.label for t in trials for r in t.recipes}) or ["-"]
+    return (f"**{grid.name}**: {len(trials)} trial(s) run here, {skipped} already finished; distillers "
+            f"{', '.join(distillers)} on {', '.join(datasets)}; recipes {', '.join(recipes)}; seeds "
+            f"{', '.join(map(str, grid.seeds))}; {device_name(device)}, executor {getattr(executor, 'name', '?')}.\n\n"
+            f"Grid file: `{grid.source or '-'}` (resolved contents: `grid.json`). Command: `{' '.join(sys.argv)}`")
+
+
 def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data_dir: Path | None = None,
               device: str | None = None, resume: bool = True, console: Any = None,
-              workers: int | None = None, address: str | None = None) -> BenchOutcome:
+              workers: int | None = None, address: str | None = None, system_metrics: bool = False) -> BenchOutcome:
     """Run every trial of ``grid`` not already finished in its MLflow experiment. ``workers``: trials
-    at once, for executors that take it (``process``, ``ray``); ``address``: the Ray cluster to join."""
+    at once, for executors that take it (``process``, ``ray``); ``address``: the Ray cluster to join;
+    ``system_metrics``: MLflow's system metrics on the parent run."""
     from rich.console import Console
 
     from .plan import prepare
@@ -176,7 +191,7 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
                        eval_mode=grid.eval_mode)
     close = getattr(executor, "close", None) or (lambda kill=False: None)
     try:
-        outcome = _bench(grid, plan, ctx, executor, tracking_uri, resume, console)
+        outcome = _bench(grid, plan, ctx, executor, tracking_uri, resume, console, system_metrics)
     except BaseException:  # Ctrl-C, a store that failed: workers are killed, checkpoints stay for the resume
         close(kill=True)
         raise
@@ -185,7 +200,7 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
 
 
 def _bench(grid: Grid, plan: Any, ctx: Any, executor: Any, tracking_uri: str | None, resume: bool,
-           console: Any) -> BenchOutcome:
+           console: Any, system_metrics: bool = False) -> BenchOutcome:
     """The part of :func:`run_bench` after the plan: MLflow set-up, the executor's trials, the summary."""
     import torch
 
@@ -228,10 +243,12 @@ def _bench(grid: Grid, plan: Any, ctx: Any, executor: Any, tracking_uri: str | N
                 "checkpoint_every": grid.checkpoint_every or "off", "eval_mode": grid.eval_mode},
         tags={"harness_version": __version__, "torch_version": torch.__version__, "device": device_name(dev),
               "command": " ".join(sys.argv)},
+        grid_document=grid.document, description=describe_bench(grid, todo, skipped, dev, executor),
     )
     cfg_fields = sorted({k for t in grid.trials for k, _ in t.config})
     passed = failed = claimed = 0
     status = "FAILED"
+    monitor = tracker.system_metrics(parent) if system_metrics else None
     with Heartbeat(tracker.beat) as heartbeat:
         heartbeat.hold(parent)
         try:
@@ -251,6 +268,8 @@ def _bench(grid: Grid, plan: Any, ctx: Any, executor: Any, tracking_uri: str | N
             status = "KILLED"
             raise
         finally:
+            if monitor is not None:
+                monitor.finish()  # its last samples land before the parent ends
             board = None
             try:  # the summary, and the parent's end; with the store gone, the next bench reaps the parent
                 frame = runs_frame(tracker, grid.name)

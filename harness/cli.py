@@ -57,7 +57,9 @@ def cli() -> None:
               help="Trials at once: process (default: one per GPU, else 2), ray (default: what the cluster fits).")
 @click.option("--ray-address", default=None,
               help="Ray executor: join this cluster (auto, or ray://HOST:10001) instead of starting a local one.")
-def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume, executor, workers, ray_address) -> None:
+@click.option("--system-metrics", is_flag=True, help="Log MLflow's system metrics (CPU, memory, GPU) on the bench's run.")
+def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume, executor, workers, ray_address,
+          system_metrics) -> None:
     """Run the grid in GRID_FILE and log every trial to MLflow.
 
     Exit code 0 when every trial passed, 1 when some failed, 2 for invalid input.
@@ -77,7 +79,8 @@ def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume, ex
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends runs KILLED, as Ctrl-C does
     try:
         outcome = run_bench(grid, plugins, tracking_uri=tracking_uri, data_dir=data_dir, device=device,
-                            resume=resume, console=console, workers=workers, address=ray_address)
+                            resume=resume, console=console, workers=workers, address=ray_address,
+                            system_metrics=system_metrics)
     finally:
         signal.signal(signal.SIGTERM, previous)
     _summarise(console, outcome, tracking_uri)

@@ -52,6 +52,7 @@ class Grid:
     checkpoint_every: float | None = 600.0  # seconds between mid-trial checkpoints (None: off)
     eval_mode: str = "auto"  # auto | vectorised | sequential (harness.vectorised); not part of trial keys
     resources: dict = dataclasses.field(default_factory=dict)  # [resources]: per-trial CPUs/GPUs; not in keys
+    document: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)  # as resolved (overrides in)
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -279,7 +280,8 @@ def build_grid(doc: dict, plugins: Any, default_name: str = "grid", source: str 
                 trial = dataclasses.replace(trial, autocast=autocast, compile=compile_eval, settings=trial.settings)
             trials.setdefault(trial.key, trial)  # identical trials from overlapping tables run once
     return Grid(name=name, seeds=seeds, device=device, executor=executor, trials=list(trials.values()), source=source,
-                trial_timeout=timeout, checkpoint_every=every, eval_mode=eval_mode, resources=resources)
+                trial_timeout=timeout, checkpoint_every=every, eval_mode=eval_mode, resources=resources,
+                document=doc)
 
 
 def _resources(where: str, value: Any, device: str) -> dict:

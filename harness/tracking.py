@@ -212,12 +212,18 @@ class Tracker:
             for run_id in run_ids:
                 self.client.set_tag(run_id, HEARTBEAT, stamp)
 
-    def start_bench(self, experiment_id: str, run_name: str, params: dict, tags: dict) -> str:
-        """The parent run; the first write of a bench, so an unwritable store fails here, before compute."""
+    def start_bench(self, experiment_id: str, run_name: str, params: dict, tags: dict,
+                    grid_document: dict | None = None, description: str = "") -> str:
+        """The parent run; the first write of a bench, so an unwritable store fails here, before compute.
+        ``grid_document``: the grid as resolved (overrides applied), kept as ``grid.json``;
+        ``description``: the run's description in the MLflow UI (markdown)."""
         def start() -> str:
+            extra = {"mlflow.note.content": description} if description else {}
             run = self.client.create_run(experiment_id, run_name=run_name,
-                                         tags={RUN_KIND: "bench", **driver_tags(), **tags})
+                                         tags={RUN_KIND: "bench", **driver_tags(), **tags, **extra})
             self._log(run.info.run_id, params=params)
+            if grid_document:
+                self.client.log_dict(run.info.run_id, json.loads(json.dumps(grid_document, default=str)), "grid.json")
             return run.info.run_id
 
         with self._lock:
@@ -236,6 +242,9 @@ class Tracker:
         with self._lock:
             run_id = self.client.create_run(experiment_id, run_name=trial.label, tags=tags).info.run_id
             self._log(run_id, params=params)
+            inputs = dataset_inputs(trial)
+            if inputs:
+                self.client.log_inputs(run_id, datasets=inputs)
         return run_id
 
     def claim(self, experiment_id: str, key: str, run_id: str, count_finished: bool = True) -> str | None:
@@ -324,6 +333,16 @@ class Tracker:
         self.finish_trial(run_id, result)
         return run_id
 
+    def system_metrics(self, run_id: str) -> Any:
+        """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU with pynvml) logging
+        ``system/*`` into ``run_id`` every 10 s (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``) until
+        ``.finish()``; started here."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, samples_before_logging=1, tracking_uri=self.uri)
+        monitor.start()
+        return monitor
+
     def end_bench(self, run_id: str, table: Any, markdown: str, status: str, metrics: dict) -> None:
         from mlflow.entities import Metric
 
@@ -350,3 +369,21 @@ class Tracker:
             m = mlist[: 1000 - len(p) - len(t)]
             plist, tlist, mlist = plist[len(p):], tlist[len(t):], mlist[len(m):]
             self.client.log_batch(run_id, metrics=m, params=p, tags=t)
+
+
+def dataset_inputs(trial: Any) -> list:
+    """The data a trial read, as MLflow dataset inputs (the UI's "Datasets used"): one per split,
+    named after the dataset, its fingerprint (harness.data.fingerprint) as the digest, with its role
+    (train, test, base) as the ``mlflow.data.context`` tag."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for kind, prints in trial.data:
+        name = trial.base_dataset if kind == "base_fingerprint" else trial.dataset
+        words = prints.split()
+        for split, digest in zip(words[::2], words[1::2]):
+            context = "base" if kind == "base_fingerprint" else split
+            source = json.dumps({"dataset": name, "split": split, "harness_fingerprint": digest})
+            inputs.append(DatasetInput(Dataset(name=name, digest=digest[:36], source_type="harness", source=source),
+                                       tags=[InputTag("mlflow.data.context", context)]))
+    return inputs

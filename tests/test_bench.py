@@ -485,3 +485,27 @@ def test_experiments_are_tagged_to_open_on_runs_in_the_mlflow_ui(tracking_uri):
     assert tracker.experiment_id("older") == older and tracker.experiment_id("chosen") == chosen
     tags = {e: tracker.client.get_experiment(e).tags.get(kind) for e in (new, older, chosen)}
     assert tags == {new: "custom_model_development", older: "custom_model_development", chosen: "genai_development"}
+
+
+def test_mlflow_sees_datasets_the_grid_a_description_and_system_metrics(tracking_uri, tmp_path, monkeypatch):
+    """What MLflow users look for: each trial's datasets as inputs (fingerprint as digest, role as
+    context), the resolved grid and a description on the parent, system metrics when asked."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    (tmp_path / "g.toml").write_text('name = "mlf"\ndevice = "cpu"\n[[grid]]\ndistiller = "random"\ndataset = "digits"\n'
+                                     'arch = "mlp"\nipc = 1\n[eval]\nmodels = 1\nepochs = 2\n')
+    proc = run_harness("bench", "g.toml", "--set", "eval.epochs=3", "--system-metrics", "--tracking-uri", tracking_uri,
+                       cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    tracker = Tracker(tracking_uri)
+    exp = tracker.experiment_id("mlf", create=False)
+    (trial,) = tracker.trial_runs(exp)
+    inputs = {(d.dataset.name, next(t.value for t in d.tags if t.key == "mlflow.data.context"), d.dataset.digest)
+              for d in trial.inputs.dataset_inputs}
+    assert {(name, context) for name, context, _ in inputs} == {("digits", "train"), ("digits", "test")}
+    assert all(":" in digest for _, _, digest in inputs)  # n:hash, harness.data.fingerprint
+    (parent,) = [r for r in tracker.client.search_runs([exp]) if r.data.tags.get("run_kind") == "bench"]
+    assert "**mlf**: 1 trial(s) run here" in parent.data.tags["mlflow.note.content"]
+    (tmp_path / "dl").mkdir()
+    grid = json.loads(open(tracker.client.download_artifacts(parent.info.run_id, "grid.json", str(tmp_path / "dl"))).read())
+    assert grid["eval"]["epochs"] == 3  # resolved: the override is in
+    assert any(k.startswith("system/") for k in parent.data.metrics), sorted(parent.data.metrics)
