@@ -155,6 +155,28 @@ def make_executor(cls: type, grid: Grid, **options: Any) -> Any:
     return cls(**kwargs)
 
 
+def _figures(board: Any, console: Any) -> dict:
+    """The leaderboard's plots for the parent run; a plot that fails is skipped with a line, never
+    the bench's end."""
+    if board is None:
+        return {}
+    from .plots import make_plots
+
+    try:
+        return make_plots(board)
+    except Exception as exc:  # noqa: BLE001 - plots are a view: the results are logged regardless
+        console.print(f"plots skipped: {one_line(exc)}", highlight=False)
+        return {}
+
+
+def _close(figures: dict) -> None:
+    if figures:
+        import matplotlib.pyplot as plt
+
+        for figure in figures.values():
+            plt.close(figure)
+
+
 def describe_bench(grid: Grid, todo: list, skipped: int, device: Any, executor: Any) -> str:
     """The parent run's description in the MLflow UI: what ran, on what, and the command."""
     from .data import device_name
@@ -279,8 +301,12 @@ def _bench(grid: Grid, plan: Any, ctx: Any, executor: Any, tracking_uri: str | N
                 board = leaderboard(frame) if len(frame) else None
                 markdown = "" if board is None else to_markdown(board, f"Leaderboard: {grid.name}",
                                                                 f"harness report --experiment {grid.name}")
-                tracker.end_bench(parent, board, markdown, status, {"trials_passed": passed, "trials_failed": failed,
-                                                                    "trials_skipped": skipped + claimed})
+                figures = _figures(board, console)
+                try:
+                    tracker.end_bench(parent, board, markdown, status, {"trials_passed": passed, "trials_failed": failed,
+                                                                        "trials_skipped": skipped + claimed}, figures)
+                finally:
+                    _close(figures)
             except Exception as exc:
                 console.print(f"could not end the bench run in {tracker.uri}: {type(exc).__name__}", highlight=False)
     return BenchOutcome(grid.name, passed, failed, skipped + claimed, board, parent, tracker.uri)

@@ -227,7 +227,9 @@ def ls_command(kind, pattern) -> None:
               help="With --grid: the same overrides the grid was run with.")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default=None,
               help="What is printed: table (terminal), md, csv or json [default: table on a terminal, else md].")
-def report(experiments, tracking_uri, out_dir, grid_file, overrides, fmt) -> None:
+@click.option("--plots", is_flag=True, help="Also write the plots (accuracy vs budget, cost frontier, "
+                                             "cross-architecture) to OUT/<experiment>-plots/.")
+def report(experiments, tracking_uri, out_dir, grid_file, overrides, fmt, plots) -> None:
     """Leaderboards (mean ± std over seeds) printed and written to OUT/<experiment>.md and .csv."""
     from rich.console import Console
 
@@ -269,6 +271,11 @@ def report(experiments, tracking_uri, out_dir, grid_file, overrides, fmt) -> Non
         else:
             click.echo(render(board, fmt, f"Leaderboard: {name}", command), nl=False)
         click.echo(f"wrote {md} and {csv}", err=fmt != "table")  # keeps a piped csv/json parseable
+        if plots:
+            from .plots import write_plots
+
+            written = write_plots(board, out_dir, name)
+            click.echo(f"wrote {len(written)} plot(s) to {Path(out_dir) / (name + '-plots')}", err=fmt != "table")
 
 
 @cli.command()

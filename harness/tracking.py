@@ -343,7 +343,9 @@ class Tracker:
         monitor.start()
         return monitor
 
-    def end_bench(self, run_id: str, table: Any, markdown: str, status: str, metrics: dict) -> None:
+    def end_bench(self, run_id: str, table: Any, markdown: str, status: str, metrics: dict,
+                  figures: dict | None = None) -> None:
+        """The parent's summary (table, markdown, counts, ``figures`` {name: Figure} under plots/), then its end."""
         from mlflow.entities import Metric
 
         now = now_ms()
@@ -353,6 +355,8 @@ class Tracker:
                 self.client.log_table(run_id, data=table, artifact_file="summary.json")
             if markdown:
                 self.client.log_text(run_id, markdown, "summary.md")
+            for name, figure in (figures or {}).items():
+                self.client.log_figure(run_id, figure, f"plots/{name}")
             self.client.set_terminated(run_id, status)
 
     def _log(self, run_id: str, params: dict | None = None, metrics: Iterable | None = None,

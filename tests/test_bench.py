@@ -509,3 +509,5 @@ def test_mlflow_sees_datasets_the_grid_a_description_and_system_metrics(tracking
     grid = json.loads(open(tracker.client.download_artifacts(parent.info.run_id, "grid.json", str(tmp_path / "dl"))).read())
     assert grid["eval"]["epochs"] == 3  # resolved: the override is in
     assert any(k.startswith("system/") for k in parent.data.metrics), sorted(parent.data.metrics)
+    plots = {a.path for a in tracker.client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/digits-accuracy-vs-budget.png" in plots  # the leaderboard's plots on the parent run

@@ -1,0 +1,124 @@
+"""Plots of a leaderboard (:func:`harness.report.leaderboard`): accuracy vs budget, the cost frontier
+and the cross-architecture matrix. ``harness report --plots`` writes them under ``results/`` and each
+``harness bench`` logs them to its parent run. (The soft labels of every distilled set are drawn per
+trial as its ``labels.png`` artifact, by :mod:`harness.artifacts`.) Accuracy in percent everywhere."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+IPC = re.compile(r"^ipc=(\d+)$")
+
+
+def make_plots(board: Any) -> dict[str, Any]:
+    """{file name: matplotlib Figure} for what the board has data for; the caller closes them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = board[board["seeds"] > 0]
+    figures = {}
+    for dataset, rows in done.groupby("dataset"):
+        figure = _vs_budget(plt, dataset, rows)
+        if figure is not None:
+            figures[f"{dataset}-accuracy-vs-budget.png"] = figure
+        figure = _cost_frontier(plt, dataset, rows)
+        if figure is not None:
+            figures[f"{dataset}-cost-frontier.png"] = figure
+        figure = _cross_arch(plt, dataset, rows)
+        if figure is not None:
+            figures[f"{dataset}-cross-arch.png"] = figure
+    return figures
+
+
+def write_plots(board: Any, out_dir: str | Path, experiment: str) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir) / f"{experiment}-plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, figure in make_plots(board).items():
+        figure.savefig(out / name, dpi=90)
+        plt.close(figure)
+        written.append(out / name)
+    return written
+
+
+def _label(row: Any) -> str:
+    variant = row.get("variant", "")
+    return f"{row['distiller']} ({variant})" if isinstance(variant, str) and variant else str(row["distiller"])
+
+
+def _main_recipe(rows: Any) -> Any:
+    """The rows of the most common recipe (a plot compares like with like)."""
+    recipe = rows["recipe"].value_counts().index[0]
+    return rows[rows["recipe"] == recipe], recipe
+
+
+def _vs_budget(plt: Any, dataset: str, rows: Any) -> Any:
+    """One line per distiller over images per class, the seed spread (± std) as a band."""
+    rows = rows[rows["budget"].astype(str).str.match(IPC)]
+    if rows.empty:
+        return None
+    rows, recipe = _main_recipe(rows)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for _, group in rows.assign(label=rows.apply(_label, axis=1)).groupby("label"):
+        group = group.assign(ipc=group["budget"].str.extract(IPC, expand=False).astype(int)).sort_values("ipc")
+        std = group["acc_std"].fillna(0.0)
+        ax.plot(group["ipc"], group["acc_mean"], marker="o", label=group["label"].iloc[0])
+        ax.fill_between(group["ipc"], group["acc_mean"] - std, group["acc_mean"] + std, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("images per class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{dataset}: accuracy vs budget ({recipe})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _cost_frontier(plt: Any, dataset: str, rows: Any) -> Any:
+    """Accuracy against distillation time, one marker per (distiller, budget)."""
+    rows = rows[rows["distill_s"].notna() & (rows["distiller"] != "full")]
+    if rows.empty:
+        return None
+    rows, recipe = _main_recipe(rows)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for _, group in rows.assign(label=rows.apply(_label, axis=1)).groupby("label"):
+        ax.scatter(group["distill_s"].clip(lower=0.01), group["acc_mean"], label=group["label"].iloc[0])
+        for _, r in group.iterrows():
+            ax.annotate(str(r["budget"]), (max(r["distill_s"], 0.01), r["acc_mean"]), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("distillation time per trial (s)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{dataset}: cost frontier ({recipe})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _cross_arch(plt: Any, dataset: str, rows: Any) -> Any:
+    """Distilled with (rows) x evaluated with (columns), per distiller and budget: drawn when some
+    set was evaluated on an architecture other than its own."""
+    rows = rows.assign(eval_arch=rows["recipe"].str.split("/").str[0], label=rows.apply(_label, axis=1))
+    rows = rows[rows["distiller"] != "full"]
+    if rows.empty or not (rows["eval_arch"] != rows["arch"]).any():
+        return None
+    cells = rows.assign(row=rows["label"] + " " + rows["budget"].astype(str) + " / " + rows["arch"])
+    matrix = cells.pivot_table(index="row", columns="eval_arch", values="acc_mean", aggfunc="mean")
+    fig, ax = plt.subplots(figsize=(1.2 * len(matrix.columns) + 3, 0.35 * len(matrix) + 1.5))
+    image = ax.imshow(matrix.values, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(matrix.columns)), matrix.columns)
+    ax.set_yticks(range(len(matrix.index)), matrix.index, fontsize=7)
+    import numpy as np
+
+    for (i, j), value in np.ndenumerate(matrix.values):
+        if value == value:
+            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="w")
+    ax.set_xlabel("evaluated with")
+    ax.set_title(f"{dataset}: cross-architecture accuracy (%)")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig

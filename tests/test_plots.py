@@ -1,0 +1,45 @@
+"""Leaderboard plots (harness.plots): which figures a board yields, written by report --plots."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from harness.plots import make_plots, write_plots
+from harness.report import leaderboard
+
+
+def board():
+    rows = []
+    for distiller, base in (("dm", 0.8), ("random", 0.6)):
+        for ipc in (1, 10):
+            for seed in (0, 1):
+                acc = base + ipc / 100 + seed / 100
+                rows.append({"distiller": distiller, "variant": "", "dataset": "d", "base_dataset": "d", "arch": "a",
+                             "budget": f"ipc={ipc}", "seed": seed, "status": "FINISHED", "recipes": "a/sgd,b/sgd",
+                             "eval_epochs": "5", "eval_models": "2", "eval_test_size": "0", "init": "init default",
+                             "acc_mean/a/sgd": acc, "acc_mean/b/sgd": acc - 0.05, "distill_seconds": 3.0 * ipc,
+                             "per_model": {}})
+    return leaderboard(pd.DataFrame(rows))
+
+
+def test_a_board_with_budgets_times_and_other_archs_gets_all_three_plots(tmp_path):
+    import matplotlib.pyplot as plt
+
+    figures = make_plots(board())
+    assert sorted(figures) == ["d-accuracy-vs-budget.png", "d-cost-frontier.png", "d-cross-arch.png"]
+    lines = figures["d-accuracy-vs-budget.png"].axes[0].get_lines()
+    assert sorted(line.get_label() for line in lines) == ["dm", "random"]  # one line per distiller
+    for figure in figures.values():
+        plt.close(figure)
+    written = write_plots(board(), tmp_path, "exp")
+    assert sorted(p.name for p in written) == sorted(figures) and all(p.stat().st_size > 1000 for p in written)
+
+
+def test_no_cross_arch_plot_when_every_set_was_evaluated_on_its_own_arch():
+    import matplotlib.pyplot as plt
+
+    b = board()
+    figures = make_plots(b[b["recipe"] == "a/sgd"])
+    assert "d-cross-arch.png" not in figures
+    for figure in figures.values():
+        plt.close(figure)
