@@ -26,6 +26,7 @@ class BenchOutcome:
     board: Any
     parent_run_id: str | None
     tracking_uri: str
+    experiment_id: str = ""
 
     @property
     def ok(self) -> bool:
@@ -309,4 +310,4 @@ def _bench(grid: Grid, plan: Any, ctx: Any, executor: Any, tracking_uri: str | N
                     _close(figures)
             except Exception as exc:
                 console.print(f"could not end the bench run in {tracker.uri}: {type(exc).__name__}", highlight=False)
-    return BenchOutcome(grid.name, passed, failed, skipped + claimed, board, parent, tracker.uri)
+    return BenchOutcome(grid.name, passed, failed, skipped + claimed, board, parent, tracker.uri, exp_id)

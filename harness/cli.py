@@ -99,7 +99,7 @@ def _summarise(console, outcome, tracking_uri) -> None:
     console.print(f"{outcome.passed} passed, {outcome.failed} failed, {outcome.skipped} skipped (already finished). "
                   f"Tables: harness report --experiment {outcome.experiment}"
                   + ("" if tracking_uri is None else f" --tracking-uri {tracking_uri}")
-                  + f"; UI: mlflow ui --backend-store-uri {outcome.tracking_uri}", highlight=False, soft_wrap=True)
+                  + f"; UI: {ui_hint(outcome.tracking_uri, outcome.experiment_id)}", highlight=False, soft_wrap=True)
     sys.exit(0 if outcome.ok else 1)
 
 
@@ -294,6 +294,15 @@ def sync(tracking_uri) -> None:
     waiting = len(pending(tracker.uri))
     done = flush(tracker)
     click.echo(f"logged {done} of {waiting} spooled trial(s) into {tracker.uri}")
+
+
+def ui_hint(tracking_uri: str, experiment_id: str) -> str:
+    """How to look at the runs: the command for a local store and the page that opens on them (MLflow
+    3's UI opens in its GenAI view unless told ``workflowType=machine_learning``)."""
+    page = f"#/experiments/{experiment_id}?workflowType=machine_learning" if experiment_id else ""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}, then open http://127.0.0.1:5000/{page}"
 
 
 def _print_board(console, board, title: str) -> None:

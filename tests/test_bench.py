@@ -286,6 +286,8 @@ def test_cli_bench_then_report_on_the_quick_grid(tracking_uri, tmp_path):
     res = harness_cli("bench", str(grid), *args, cwd=tmp_path)
     assert res.returncode == 0, res.stderr + res.stdout
     assert "6 passed, 0 failed" in res.stdout  # random and dm at ipc 1 and 10, dc at 1, full
+    # the page that opens on the runs (MLflow 3's UI otherwise starts in its GenAI view)
+    assert "#/experiments/" in res.stdout and "?workflowType=machine_learning" in res.stdout
     assert not (tmp_path / "results").exists() or not list((tmp_path / "results").glob("*.db"))
     again = harness_cli("bench", str(grid), *args, cwd=tmp_path)
     assert "0 passed, 0 failed, 6 skipped" in again.stdout
