@@ -242,10 +242,21 @@ class Tracker:
         with self._lock:
             run_id = self.client.create_run(experiment_id, run_name=trial.label, tags=tags).info.run_id
             self._log(run_id, params=params)
-            inputs = dataset_inputs(trial)
-            if inputs:
-                self.client.log_inputs(run_id, datasets=inputs)
+            self._log_inputs(run_id, dataset_inputs(trial))
         return run_id
+
+    def _log_inputs(self, run_id: str, inputs: list) -> None:
+        """Dataset inputs are informational: MLflow creates a dataset row on first use without
+        locking, so two drivers logging the same new dataset at once can collide (UNIQUE
+        constraint); the retry finds the row. A trial never fails for its inputs."""
+        for attempt in range(3):
+            if not inputs:
+                return
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except Exception:  # noqa: BLE001 - a concurrent creator won: the next attempt links to its row
+                time.sleep(0.05 * (attempt + 1))
 
     def claim(self, experiment_id: str, key: str, run_id: str, count_finished: bool = True) -> str | None:
         """Whether the trial ``key`` is this driver's to run with its new run ``run_id``: None if so,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -513,3 +514,29 @@ def test_mlflow_sees_datasets_the_grid_a_description_and_system_metrics(tracking
     assert any(k.startswith("system/") for k in parent.data.metrics), sorted(parent.data.metrics)
     plots = {a.path for a in tracker.client.list_artifacts(parent.info.run_id, "plots")}
     assert "plots/digits-accuracy-vs-budget.png" in plots  # the leaderboard's plots on the parent run
+
+
+def test_dataset_inputs_never_fail_a_trial_start(tracking_uri, tiny_plugins):
+    """Two drivers creating the same dataset row at once collide in MLflow (UNIQUE constraint): the
+    retry links to the winner's row, and inputs that still fail are left out, never the trial."""
+    from harness.grid import build_grid
+
+    trial = build_grid({"grid": [{"distiller": "random", "dataset": "tiny", "arch": "tiny-mlp", "ipc": 1}]},
+                       tiny_plugins).trials[0]
+    trial = dataclasses.replace(trial, data=(("fingerprint", "train 40:aaaa test 20:bbbb"),))
+    tracker = Tracker(tracking_uri)
+    exp = tracker.experiment_id("inputs")
+    calls = []
+    real = tracker.client.log_inputs
+
+    def collide_once(run_id, datasets):
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise RuntimeError("UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest")
+        return real(run_id, datasets=datasets)
+
+    tracker.client.log_inputs = collide_once
+    run_id = tracker.start_trial(exp, "", trial)
+    assert len(calls) == 2 and len(tracker.client.get_run(run_id).inputs.dataset_inputs) == 2
+    tracker.client.log_inputs = lambda run_id, datasets: (_ for _ in ()).throw(RuntimeError("store says no"))
+    assert tracker.start_trial(exp, "", trial)  # started without its inputs
