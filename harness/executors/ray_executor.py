@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, one_line
 from .process import KILL_GRACE_SECONDS
 
 FORWARDED_ENV = ("PYTHONPATH",)  # with every HARNESS_* variable: the tasks see what the driver sees
@@ -69,9 +69,9 @@ class RayExecutor:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                          runtime_env={"env_vars": env} if env else None)
             except Exception as exc:  # noqa: BLE001 - unreachable address, a cluster that cannot start
-                raise ConfigError(f"could not {'join the Ray cluster at ' + self.address if self.address else 'start a local Ray cluster'}"
-                                  f" ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
-                                  f"check --ray-address (auto, or ray://HOST:10001)") from None
+                what = f"join the Ray cluster at {self.address}" if self.address else "start a local Ray cluster"
+                raise ConfigError(f"could not {what} ({one_line(exc)}); check --ray-address "
+                                  f"(auto, or ray://HOST:10001)") from None
             self._started_cluster = True
 
     def close(self, kill: bool = False) -> None:
@@ -161,7 +161,7 @@ class RayExecutor:
             except StopIteration:
                 return "the Ray task ended without a result"
             except ray.exceptions.RayError as exc:  # a lost worker or node (the task itself never raises)
-                return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+                return one_line(exc)
             if kind == "started":
                 if ctx.timeout is not None:
                     deadline = time.monotonic() + ctx.timeout + KILL_GRACE_SECONDS
