@@ -70,13 +70,7 @@ def _vs_budget(plt: Any, dataset: str, rows: Any) -> Any:
         std = group["acc_std"].fillna(0.0)
         ax.plot(group["ipc"], group["acc_mean"], marker="o", label=group["label"].iloc[0])
         ax.fill_between(group["ipc"], group["acc_mean"] - std, group["acc_mean"] + std, alpha=0.2)
-    ax.set_xscale("log")
-    ax.set_xlabel("images per class")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{dataset}: accuracy vs budget ({recipe})")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "images per class", f"{dataset}: accuracy vs budget ({recipe})")
 
 
 def _cost_frontier(plt: Any, dataset: str, rows: Any) -> Any:
@@ -90,10 +84,15 @@ def _cost_frontier(plt: Any, dataset: str, rows: Any) -> Any:
         ax.scatter(group["distill_s"].clip(lower=0.01), group["acc_mean"], label=group["label"].iloc[0])
         for _, r in group.iterrows():
             ax.annotate(str(r["budget"]), (max(r["distill_s"], 0.01), r["acc_mean"]), fontsize=7)
+    return _finish(fig, ax, "distillation time per trial (s)", f"{dataset}: cost frontier ({recipe})")
+
+
+def _finish(fig: Any, ax: Any, xlabel: str, title: str) -> Any:
+    """Log-scale x, accuracy on y, title and legend: the frame both line/scatter plots share."""
     ax.set_xscale("log")
-    ax.set_xlabel("distillation time per trial (s)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{dataset}: cost frontier ({recipe})")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

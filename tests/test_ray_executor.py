@@ -62,10 +62,10 @@ def test_ray_and_inline_give_the_same_accuracies(ray_cluster, tmp_path, mlflow_t
 def test_a_ray_trial_whose_worker_dies_or_hangs_fails_alone(ray_cluster, tmp_path, tracking_uri, monkeypatch):
     import sys
 
-    import harness.executors.ray_executor as ray_executor
+    import harness.executors.process as process
     from harness.plugins import load_plugins
 
-    monkeypatch.setattr(ray_executor, "KILL_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(process, "KILL_GRACE_SECONDS", 1.0)  # the grace both executors' relay() adds
     monkeypatch.syspath_prepend(ray_cluster.split(os.pathsep)[0])  # the driver sees the entry point too
     monkeypatch.syspath_prepend(ray_cluster.split(os.pathsep)[1])
     sys.modules.pop("plugins_for_tests", None)

@@ -110,6 +110,16 @@ def worker_settings(slot: int, slots: int, ctx: Any) -> dict:
             "checkpoint_every": ctx.checkpoint_every, "eval_mode": ctx.eval_mode}
 
 
+def relay(kind: str, payload: Any, ctx: Any, deadline: float | None) -> float | None:
+    """Act on a worker's "started" or "point" message; returns the kill deadline (the trial's limit,
+    plus a grace, counted from when the trial started in its worker)."""
+    if kind == "started" and ctx.timeout is not None:
+        return time.monotonic() + ctx.timeout + KILL_GRACE_SECONDS
+    if kind == "point" and ctx.stream:
+        ctx.stream(*payload)
+    return deadline
+
+
 class Worker:
     """One slot's worker process, started on its first trial and replaced after it dies or is killed.
     Used by one driver thread at a time (the executor hands slots out through a queue)."""
@@ -164,14 +174,9 @@ class Worker:
                                                                   f"trial_timeout = {ctx.timeout:g} s and was killed")
                 else:
                     continue
-            if kind == "started":
-                if ctx.timeout is not None:
-                    deadline = time.monotonic() + ctx.timeout + KILL_GRACE_SECONDS
-            elif kind == "point":
-                if ctx.stream:
-                    ctx.stream(*payload)
-            else:
+            if kind == "result":
                 return payload
+            deadline = relay(kind, payload, ctx, deadline)
 
     def kill(self) -> None:
         """End the process now; the slot's next trial starts a fresh one (new queues: a process killed

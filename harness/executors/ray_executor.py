@@ -19,7 +19,7 @@ How many trials run at once: ``--workers N``, else what the cluster's CPUs and G
 that raises is a FAILED result (the task itself never raises), so Ray never retries it; a task whose
 worker process or node is lost is resubmitted up to ``retries`` times (default 1: the trial starts
 again, from its checkpoint if it has one), then FAILED with Ray's reason. A trial past its
-``trial_timeout`` (plus a grace for its own clean stop) is cancelled with its worker killed.
+``trial_timeout`` (plus the process executor's grace for its own clean stop) is cancelled with its worker killed.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import ConfigError, one_line
-from .process import KILL_GRACE_SECONDS
+from .process import relay
 
 FORWARDED_ENV = ("PYTHONPATH",)  # with every HARNESS_* variable: the tasks see what the driver sees
 
@@ -162,16 +162,11 @@ class RayExecutor:
                 return "the Ray task ended without a result"
             except ray.exceptions.RayError as exc:  # a lost worker or node (the task itself never raises)
                 return one_line(exc)
-            if kind == "started":
-                if ctx.timeout is not None:
-                    deadline = time.monotonic() + ctx.timeout + KILL_GRACE_SECONDS
-            elif kind == "point":
-                if ctx.stream:
-                    ctx.stream(*payload)
-            else:
+            if kind == "result":
                 result, files = payload
                 result.artifacts_dir = unpack(files)
                 return result
+            deadline = relay(kind, payload, ctx, deadline)
 
 
 def require_ray() -> Any:
