@@ -46,3 +46,18 @@ def random_subset(x: torch.Tensor, y: torch.Tensor, num_classes: int, ipc: int |
         y=F.one_hot(y[index], num_classes).float(),
         meta={"source": "random real subset", "indices": index.tolist() if len(index) <= 1000 else None},
     )
+
+
+def spread_over_steps(subset: DistilledSet, steps: int) -> DistilledSet:
+    """Reorder a class-grouped subset so each of its ``steps`` consecutive batches (the layout the
+    "distilled" recipe replays, :func:`harness.evaluate._replay_learned_steps`) holds an even share
+    of every class, as the DD code's ``random_train`` baseline builds its steps."""
+    if steps <= 1:
+        return subset
+    labels = subset.y.argmax(1)
+    chunk = torch.empty_like(labels)
+    for c in labels.unique():
+        rows = (labels == c).nonzero().flatten()
+        chunk[rows] = torch.arange(len(rows)) * steps // len(rows)
+    order = torch.sort(chunk, stable=True).indices
+    return DistilledSet(subset.x[order], subset.y[order], meta=dict(subset.meta))

@@ -73,8 +73,8 @@ class BenchProgress:
         secs = time.perf_counter() - self._started if seconds is None else seconds
         if result.passed:
             m = result.metrics
-            gain = f" gain {100 * m['gain']:+.2f}" if "gain" in m else ""
-            line = f"[{self.done}/{self.total}] {trial.label}: acc {100 * m['acc_mean']:.2f}%{gain} ({secs:.1f}s)"
+            gain = f" gain {m['gain']:+.2f}" if "gain" in m else ""  # percentage points
+            line = f"[{self.done}/{self.total}] {trial.label}: acc {m['acc_mean']:.2f}%{gain} ({secs:.1f}s)"
         else:
             line = f"[{self.done}/{self.total}] {trial.label}: FAILED {result.error}"
         if self._progress:

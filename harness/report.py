@@ -1,7 +1,10 @@
 """Leaderboards from MLflow: mean ± std over seeds per distiller × dataset × arch × budget × recipe.
 
-Accuracies are in percent; ``std`` is the population std over seeds (as over models in the DC
-protocol). ``gain`` is the accuracy minus that of a random real subset at the same budget and recipe.
+Accuracies are in percent, as the runs log them (runs logged before the ``acc_unit`` tag logged
+fractions and are converted here); ``std`` is the population std over seeds (as over models in the
+DC protocol). ``gain`` is the accuracy minus that of a random real subset at the same budget and
+recipe, in percentage points. Each trial's per-recipe results come from its recipe runs
+(``run_kind = eval``); runs logged before those existed carry them as ``acc_mean/<recipe>`` metrics.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HarnessError
-from .tracking import GRID_KEY, PER_MODEL, TRIAL_KEY
+from .tracking import ACC_UNIT_TAG, GRID_KEY, PER_MODEL, TRIAL_KEY
 
 GROUP = ["dataset", "base_dataset", "arch", "budget", "recipe", "protocol", "distiller", "variant"]
 PER_RECIPE = re.compile(r"^acc_mean/(.+)$")
+IN_PERCENT = ("acc_mean", "acc_std", "acc_random", "gain")  # the metrics a unit applies to
 
 
 def runs_frame(tracker: Any, experiment: str, keys: set[str] | None = None) -> Any:
@@ -38,6 +42,11 @@ def runs_frame(tracker: Any, experiment: str, keys: set[str] | None = None) -> A
             continue
         if key not in chosen or (run.info.status == "FINISHED" and chosen[key].info.status != "FINISHED"):
             chosen[key] = run
+    recipe_runs: dict[str, list[Any]] = {}
+    if chosen:
+        for run in tracker.recipe_runs(exp_id):
+            if run.info.status == "FINISHED":  # one cut short by a crash while logging is logged again
+                recipe_runs.setdefault(run.data.tags.get("mlflow.parentRunId", ""), []).append(run)
     rows = []
     for run in chosen.values():
         p = run.data.params
@@ -54,22 +63,45 @@ def runs_frame(tracker: Any, experiment: str, keys: set[str] | None = None) -> A
         row.update(seed=int(p.get("seed", 0)), status=run.info.status, error=run.data.tags.get("error", ""),
                    trial_key=run.data.tags.get(TRIAL_KEY), grid_key=key, run_id=run.info.run_id)
         row["_cfg"] = {k[4:]: v for k, v in p.items() if k.startswith("cfg.")}
-        row["per_model"] = _per_model(run.data.tags.get(PER_MODEL))
-        row.update(run.data.metrics)
+        row.update(_recipe_results(run, recipe_runs.get(run.info.run_id, [])))
         rows.append(row)
     _add_variants(rows)
     return pd.DataFrame(rows)
 
 
-def _per_model(tag: str | None) -> dict:
-    """The ``acc_models`` tag: {recipe: [accuracy per model]} ({} for runs logged before it)."""
+def _recipe_results(run: Any, children: list[Any]) -> dict:
+    """A trial's results as frame columns, accuracies in percent: its cost metrics; per recipe
+    ``acc_mean/<recipe>`` (and acc_std, acc_random, gain), its per-model accuracies (``per_model``)
+    and its protocol params (``recipe_eval``), from its recipe runs, else (runs logged before
+    recipe runs) from its own suffixed metrics and ``acc_models`` tag."""
+    out: dict[str, Any] = {k: v for k, v in run.data.metrics.items() if k.split("/")[0] not in IN_PERCENT}
+    out["recipe_eval"] = {}
+    if children:
+        out["per_model"] = {}
+        for child in children:
+            label, m, p = child.data.tags.get("recipe", ""), child.data.metrics, child.data.params
+            out.update({f"{k}/{label}": m[k] for k in IN_PERCENT if k in m})
+            accs = _per_model(child.data.tags.get(PER_MODEL), list)
+            out["per_model"][label] = accs
+            out["recipe_eval"][label] = (p.get("eval.epochs", "?"), p.get("eval.models", "?"), p.get("eval.test_size", "0"))
+        return out
+    scale = 1.0 if run.data.tags.get(ACC_UNIT_TAG) == "percent" else 100.0
+    out.update({k: scale * v for k, v in run.data.metrics.items() if "/" in k and k.split("/")[0] in IN_PERCENT})
+    per_model = _per_model(run.data.tags.get(PER_MODEL), dict)
+    out["per_model"] = {label: [scale * a for a in accs] for label, accs in per_model.items() if isinstance(accs, list)}
+    return out
+
+
+def _per_model(tag: str | None, kind: type = dict) -> Any:
+    """The ``acc_models`` tag: {recipe: [accuracy per model]} on a trial run, [accuracy per model] on
+    a recipe run (``kind``); empty for runs logged before it or cut at the tag limit (no paired test)."""
     import json
 
     try:
-        value = json.loads(tag) if tag else {}
-    except ValueError:  # cut at the tag limit: no paired test for this run
-        return {}
-    return value if isinstance(value, dict) else {}
+        value = json.loads(tag) if tag else kind()
+    except ValueError:
+        return kind()
+    return value if isinstance(value, kind) else kind()
 
 
 def _add_variants(rows: list[dict]) -> None:
@@ -104,12 +136,14 @@ def leaderboard(frame: Any) -> Any:
                 records.append({**base, "recipe": label, "protocol": _protocol(label, epochs, models, test_size, init), "failed": 1})
             continue
         per_model = row.get("per_model") if isinstance(row.get("per_model"), dict) else {}
+        recipe_eval = row.get("recipe_eval") if isinstance(row.get("recipe_eval"), dict) else {}
         for label in labels:
-            records.append({**base, "recipe": label, "protocol": _protocol(label, epochs, models, test_size, init), "failed": 0,
-                            "models": {(row.get("seed"), k): 100 * a for k, a in enumerate(per_model.get(label, []))},
-                            "acc": 100 * row[f"acc_mean/{label}"],
-                            "acc_random": 100 * row.get(f"acc_random/{label}", float("nan")),
-                            "gain": 100 * row.get(f"gain/{label}", float("nan")),
+            protocol = _protocol(label, *recipe_eval.get(label, (epochs, models, test_size)), init)
+            records.append({**base, "recipe": label, "protocol": protocol, "failed": 0,
+                            "models": {(row.get("seed"), k): a for k, a in enumerate(per_model.get(label, []))},
+                            "acc": row[f"acc_mean/{label}"],
+                            "acc_random": row.get(f"acc_random/{label}", float("nan")),
+                            "gain": row.get(f"gain/{label}", float("nan")),
                             "distill_s": row.get("distill_seconds"), "eval_s": row.get("eval_seconds")})
     if not records:
         return pd.DataFrame(columns=GROUP)

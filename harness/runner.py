@@ -26,6 +26,23 @@ from .trial import Recipe, Trial, derive_seed
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"  # skipped: claimed by another driver
 MAX_SAVED_EXAMPLES = 10_000  # larger sets (e.g. `full`) are reproducible from the data: not copied
+ACC_UNIT = "percent"  # the unit of every accuracy a trial reports (acc_*, gain, per-model accuracies)
+CORE_METRICS = ("acc_mean", "acc_std", "acc_random", "gain")  # per recipe, recipe-free names
+
+
+@dataclass
+class RecipeResult:
+    """One evaluation recipe's outcome: ``metrics`` has the :data:`CORE_METRICS` (percent) and its
+    ``eval_seconds``; ``accs`` the per-model accuracies (percent); ``start_ms``/``end_ms`` when its
+    evaluation ran (epoch ms), so its MLflow run's duration is the real one."""
+
+    label: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    accs: list[float]
+    mode: str
+    start_ms: int
+    end_ms: int
 
 
 @dataclass
@@ -34,6 +51,7 @@ class TrialResult:
     status: str
     metrics: dict[str, float] = field(default_factory=dict)
     per_model: dict[str, list[float]] = field(default_factory=dict)
+    recipes: list[RecipeResult] = field(default_factory=list)  # one per evaluated recipe, in grid order
     curves: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     error: str = ""
@@ -212,22 +230,23 @@ def _evaluate_all(bound: BoundTrial, ctx: TrialContext, dset: Any, result: Trial
                     raise TrialError(f"the first eval recipe is 'ld-protocol' but the set of '{trial.distiller}' "
                                      f"records no model lifetime (meta test_steps/base_batch); list sgd first")
                 continue  # not applicable to this set: reported as n/a, never faked
+            start_ms = int(time.time() * 1000)
             build = bound.builder(recipe.arch)
             test = ctx.data.test(trial.dataset, recipe.test_size)
             ev = evaluate(dset, recipe, build, test, trial.seed, ctx.device, dset.init_state, on_model,
                           mode=ctx.eval_mode, tick=ctx.check_time, autocast=trial.autocast, compile=trial.compile)
-            result.tags[f"eval.mode/{recipe.label}"] = ev.mode
-            eval_seconds += ev.seconds
             rand = _random_baseline(bound, recipe, ctx, dset, ev)
+            metrics = {"acc_mean": 100 * ev.mean, "acc_std": 100 * ev.std, "acc_random": 100 * rand.mean,
+                       "gain": 100 * (ev.mean - rand.mean), "eval_seconds": ev.seconds}
+            eval_seconds += ev.seconds
             label = recipe.label
-            result.per_model[label] = ev.accs
-            values = {"acc_mean": ev.mean, "acc_std": ev.std}
-            if rand is not None:
-                values.update(acc_random=rand.mean, gain=ev.mean - rand.mean)
-            for k, v in values.items():
-                result.metrics[f"{k}/{label}"] = v
-                if i == 0:
-                    result.metrics[k] = v
+            accs = [100 * a for a in ev.accs]
+            result.per_model[label] = accs
+            result.tags[f"eval.mode/{label}"] = ev.mode
+            result.recipes.append(RecipeResult(label, recipe.params(), metrics, accs, ev.mode, start_ms,
+                                               int(time.time() * 1000)))
+            if len(result.recipes) == 1:  # the trial's own run: its first recipe, under the same names
+                result.metrics.update({k: metrics[k] for k in CORE_METRICS})
     result.metrics["eval_seconds"] = eval_seconds
     return measure.peak_mb
 
@@ -238,16 +257,18 @@ def _random_baseline(bound: BoundTrial, recipe: Recipe, ctx: TrialContext, dset:
     None when the recipe cannot apply to a real subset ("distilled" step sizes belong to a set).
     Known-init recipes start from the trial's own init, so they are not shared across trials.
     A budget-free trial (the full set) is its own random subset: acc_random = acc_mean, gain 0.
+    A "distilled" recipe replays the set's learned step sizes on the subset (hard labels, split into
+    the set's ``steps`` batches, each class spread evenly over them): the DD code's baseline
+    (``--test_distilled_images random_train --test_distilled_lrs loaded``); it depends on the set's
+    step sizes, so it is never shared across trials.
     """
     import torch
 
-    from .baseline import random_subset
+    from .baseline import random_subset, spread_over_steps
     from .evaluate import evaluate
     from .trial import LD_PROTOCOL_META
 
     trial, spec = bound.trial, bound.dataset
-    if recipe.optimizer == "distilled":
-        return None
     if trial.n is None:
         return ev
     x, y = ctx.data.get(trial.dataset, "train")
@@ -255,15 +276,19 @@ def _random_baseline(bound: BoundTrial, recipe: Recipe, ctx: TrialContext, dset:
     # "ld-protocol": the subset trains for the set's own model lifetime and batch, which are part of the key
     protocol = {k: dset.meta[k] for k in LD_PROTOCOL_META} if recipe.optimizer == "ld-protocol" else {}
     key = (trial.dataset, ipc, n, trial.seed, recipe, tuple(protocol.values()), trial.autocast, trial.compile)
-    if recipe.init == "random" and key in ctx.baselines:
+    shared = recipe.init == "random" and recipe.optimizer != "distilled"
+    if shared and key in ctx.baselines:
         return ctx.baselines[key]
     gen = torch.Generator().manual_seed(derive_seed(trial.seed, "random-subset", trial.dataset))
     subset = random_subset(x, y, spec.num_classes, ipc, n, gen)
     subset.meta.update(protocol)
+    if recipe.optimizer == "distilled":
+        subset = spread_over_steps(subset, int(dset.meta.get("steps", 1)))
+        subset.lrs = dset.lrs
     ev = evaluate(subset, recipe, bound.builder(recipe.arch), ctx.data.test(trial.dataset, recipe.test_size),
                   trial.seed, ctx.device, dset.init_state, on_model=lambda k, acc: ctx.check_time(),
                   mode=ctx.eval_mode, tick=ctx.check_time, autocast=trial.autocast, compile=trial.compile)
-    if recipe.init == "random":
+    if shared:
         ctx.baselines[key] = ev
     return ev
 

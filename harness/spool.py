@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ class SpooledResult:
     run_id: str | None
     curves_sent: int
     cfg_fields: list
+    recipes: list = field(default_factory=list)  # RecipeResult fields as dicts
 
     @property
     def passed(self) -> bool:
@@ -90,7 +91,7 @@ def spool(uri: str, experiment: str, parent_id: str | None, cfg_fields: list[str
                   "param_values": {k: str(v) for k, v in trial.params().items()}},
         "status": result.status, "metrics": result.metrics, "per_model": result.per_model,
         "curves": [[s, m] for s, m in result.curves], "tags": result.tags, "error": result.error,
-        "traceback": result.traceback,
+        "traceback": result.traceback, "recipes": [asdict(r) for r in getattr(result, "recipes", [])],
     }
     (partial / RECORD).write_text(json.dumps(record), encoding="utf-8")
     partial.rename(entry)
@@ -112,7 +113,7 @@ def read(entry: Path) -> SpooledResult:
         error=data["error"], traceback=data["traceback"],
         artifacts_dir=str(artifacts) if artifacts.is_dir() else None, experiment=data["experiment"],
         parent_id=data["parent_id"], run_id=data["run_id"], curves_sent=int(data["curves_sent"]),
-        cfg_fields=data["cfg_fields"],
+        cfg_fields=data["cfg_fields"], recipes=data.get("recipes", []),
     )
 
 

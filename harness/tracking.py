@@ -2,8 +2,10 @@
 
 Default store: ``sqlite:///results/mlflow.db`` with artifacts in ``results/mlartifacts`` (never
 MLflow's cwd default). ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` point elsewhere, e.g. an
-HTTP tracking server. One parent run per ``harness bench``; one child run per trial, with the same
-param and metric keys across children so MLflow's compare view lines them up.
+HTTP tracking server. One parent run per ``harness bench``; one child run per trial; under it one
+run per evaluation recipe. Every trial run and every recipe run has the same param and metric keys
+(recipe-free names: ``acc_mean``, ``acc_std``, ``acc_random``, ``gain`` in percent, ``distill_seconds``
+...; the recipe as ``eval.*`` params), so MLflow's compare and group-by views line any of them up.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterable, Iterator
 
 from .errors import HarnessError, one_line
@@ -22,6 +25,8 @@ from .lifecycle import HEARTBEAT, claim_order, driver_tags, env_seconds, is_dead
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 RUN_KIND, TRIAL_KEY, GRID_KEY = "run_kind", "trial_key", "grid_key"
+ACC_UNIT_TAG = "acc_unit"  # "percent" on runs that log accuracies in percent; runs without it logged fractions
+RECIPE_RUN_COST = ("distill_seconds", "n_distilled", "peak_mem_mb")  # the trial's, repeated on its recipe runs
 PAGE = 1000
 RETRY_WAITS = (1.0, 3.0, 9.0)  # backoff between attempts of a store call that failed transiently
 RETRY_ENV = "HARNESS_STORE_RETRY_WAITS"  # e.g. "2,10,60" for a distant server; "0" for one quick retry
@@ -127,6 +132,7 @@ class Tracker:
 
         self.uri = resolve_tracking_uri(uri)
         self._lock = threading.RLock()
+        self._open: dict[str, tuple[str, dict]] = {}  # trial run -> (experiment id, its params)
         waits = env_seconds(RETRY_ENV, RETRY_WAITS)
         with _store_lock(self.uri):  # creating (migrating) the store happens here: a broken one fails in one line
             self.client = _Retrying(self._guard(lambda: MlflowClient(tracking_uri=self.uri)), waits)
@@ -175,6 +181,10 @@ class Tracker:
     def trial_runs(self, experiment_id: str) -> list[Any]:
         """Every trial child run of an experiment (all statuses), newest first."""
         return self._search(experiment_id, f"tags.{RUN_KIND} = 'trial'", ["attributes.start_time DESC"])
+
+    def recipe_runs(self, experiment_id: str) -> list[Any]:
+        """Every recipe run (one per trial x evaluation recipe, under its trial's run) of an experiment."""
+        return self._search(experiment_id, f"tags.{RUN_KIND} = 'eval'")
 
     def finished_keys(self, experiment_id: str) -> tuple[set[str], set[str]]:
         """Keys of the experiment's FINISHED trials: ``(trial keys, legacy keys)``. Legacy keys are
@@ -232,7 +242,7 @@ class Tracker:
     def start_trial(self, experiment_id: str, parent_id: str, trial: Any, cfg_fields: Iterable[str] = ()) -> str:
         """The trial's child run, created when the trial starts: RUNNING, its params logged, owned by
         this driver. ``cfg_fields``: every Config field in the grid; fields this distiller lacks are
-        logged as "-" so all children share the same param keys."""
+        logged as "-" so all children share the same param keys (the trial's recipe runs too)."""
         tags = {RUN_KIND: "trial", TRIAL_KEY: trial.key, GRID_KEY: trial.grid_key, **driver_tags(),
                 **{f"version.{d}": v for d, v in trial.versions}}
         if parent_id:
@@ -243,6 +253,7 @@ class Tracker:
             run_id = self.client.create_run(experiment_id, run_name=trial.label, tags=tags).info.run_id
             self._log(run_id, params=params)
             self._log_inputs(run_id, dataset_inputs(trial))
+            self._open[run_id] = (experiment_id, {k: str(v) for k, v in params.items()})
         return run_id
 
     def _log_inputs(self, run_id: str, inputs: list) -> None:
@@ -297,19 +308,54 @@ class Tracker:
         metrics = [Metric(k, float(v), now, 0) for k, v in result.metrics.items()]
         for step, values in result.curves[curves_sent:]:
             metrics += [Metric(f"distill/{k}", float(v), now, int(step)) for k, v in values.items()]
-        tags = {"status": result.status, **result.tags}
+        tags = {"status": result.status, ACC_UNIT_TAG: "percent", **result.tags}
         if result.per_model:  # one value per evaluated model, by recipe: a tag, not a step series
-            tags[PER_MODEL] = json.dumps({label: [round(float(a), 6) for a in accs]
+            tags[PER_MODEL] = json.dumps({label: [round(float(a), 4) for a in accs]
                                           for label, accs in result.per_model.items()})[:MAX_TAG]
         if result.error:
             tags["error"] = result.error[:5000]
         with self._lock:
             self._log(run_id, metrics=metrics, tags=tags)
+            if getattr(result, "recipes", None):
+                self._log_recipes(run_id, result)
             if result.artifacts_dir:
                 self.client.log_artifacts(run_id, result.artifacts_dir)
             if result.traceback:
                 self.client.log_text(run_id, result.traceback, "error.txt")
             self.client.set_terminated(run_id, "FINISHED" if result.passed else "FAILED")
+            self._open.pop(run_id, None)
+
+    def _log_recipes(self, run_id: str, result: Any) -> None:
+        """One FINISHED child run of the trial's run per evaluated recipe, timed as its evaluation ran:
+        the trial's params with this recipe's ``eval.*`` (and ``eval.recipe``, its label), the core
+        metrics under recipe-free names plus the trial's cost, the per-model accuracies as a tag.
+        Three store requests per recipe (create, log, end)."""
+        from mlflow.entities import Metric
+
+        done: set[str] = set()
+        if run_id in self._open:
+            experiment_id, trial_params = self._open[run_id]
+        else:  # a spooled trial whose run an earlier driver created, maybe with some recipe runs logged
+            run = self.client.get_run(run_id)
+            experiment_id, trial_params = run.info.experiment_id, dict(run.data.params)
+            done = {r.data.tags.get("recipe") for r in self._search(
+                experiment_id, f"tags.{RUN_KIND} = 'eval' and tags.`mlflow.parentRunId` = '{run_id}'")
+                if r.info.status == "FINISHED"}
+        shared = {k: v for k, v in trial_params.items() if not k.startswith("eval.")}
+        cost = {k: result.metrics[k] for k in RECIPE_RUN_COST if k in result.metrics}
+        for recipe in result.recipes:
+            r = recipe if not isinstance(recipe, dict) else SimpleNamespace(**recipe)
+            if r.label in done:
+                continue
+            tags = {RUN_KIND: "eval", "mlflow.parentRunId": run_id, ACC_UNIT_TAG: "percent",
+                    "recipe": r.label, "eval.mode": r.mode, **driver_tags(),
+                    PER_MODEL: json.dumps([round(float(a), 4) for a in r.accs])[:MAX_TAG]}
+            child = self.client.create_run(experiment_id, start_time=int(r.start_ms), tags=tags,
+                                           run_name=f"{result.trial.label} {r.label}").info.run_id
+            params = {**shared, **{k: str(v) for k, v in r.params.items()}, "eval.recipe": r.label}
+            values = {**cost, **r.metrics}
+            self._log(child, params=params, metrics=[Metric(k, float(v), int(r.end_ms), 0) for k, v in values.items()])
+            self.client.set_terminated(child, "FINISHED", end_time=int(r.end_ms))
 
     def end_run(self, run_id: str, status: str) -> None:
         """End a run without results (KILLED on interruption, FAILED when logging broke)."""

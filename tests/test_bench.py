@@ -81,12 +81,13 @@ def test_runs_are_nested_named_and_comparable(bench, tracking_uri):
     passed = [r for r in runs if r.info.status == "FINISHED"]
     for r in passed:
         m = r.data.metrics
-        for k in ("acc_mean", "acc_std", "acc_random", "gain", "distill_seconds", "eval_seconds", "peak_mem_mb",
-                  "acc_mean/tiny-mlp/sgd"):
+        for k in ("acc_mean", "acc_std", "acc_random", "gain", "distill_seconds", "eval_seconds", "peak_mem_mb"):
             assert k in m, k
-        assert m["peak_mem_mb"] > 0 and m["distill_seconds"] >= 0 and 0 <= m["acc_mean"] <= 1
+        assert not [k for k in m if k.startswith("acc_mean/")]  # recipe-free names only: no NaN columns in Compare
+        assert m["peak_mem_mb"] > 0 and m["distill_seconds"] >= 0 and 0 <= m["acc_mean"] <= 100
         assert m["gain"] == pytest.approx(m["acc_mean"] - m["acc_random"])
         tags = r.data.tags
+        assert tags["acc_unit"] == "percent"
         assert len(tags["trial_key"]) == 16 and tags["device"] == "cpu" and tags["torch_version"]
         assert tags["eval.mode/tiny-mlp/sgd"] == "vectorised"  # auto: an MLP on CPU
         assert tags["version.distill-harness"] == "0.1.0" and "version.tests-plugins" in tags
@@ -111,15 +112,45 @@ def test_eval_mode_vectorised_gives_the_sequential_accuracies_and_is_tagged(benc
             if "eval.mode/tiny-mlp/distilled" in r.data.tags} <= {"sequential: optimizer distilled"}
 
 
+def test_every_recipe_run_has_the_same_keys_and_covers_its_evaluation(bench, tracking_uri):
+    """One run per trial x recipe under the trial's run: any selection of them compares without NaN."""
+    bench()
+    tracker, trials = children(tracking_uri)
+    recipe_runs = tracker.recipe_runs(tracker.experiment_id("tiny-bench", create=False))
+    finished = {r.info.run_id: r for r in trials if r.info.status == "FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in recipe_runs} == set(finished)  # failed trials: none
+    assert len(recipe_runs) == 2 + 2 * 2  # random: sgd; means: sgd and distilled; 2 seeds
+    assert len({frozenset(r.data.metrics) for r in recipe_runs}) == 1
+    assert {"acc_mean", "acc_std", "acc_random", "gain", "distill_seconds", "eval_seconds",
+            "n_distilled"} <= set(recipe_runs[0].data.metrics)
+    assert len({frozenset(r.data.params) for r in recipe_runs}) == 1
+    for r in recipe_runs:
+        trial, m, p = finished[r.data.tags["mlflow.parentRunId"]], r.data.metrics, r.data.params
+        assert r.info.status == "FINISHED" and r.data.tags["run_kind"] == "eval"
+        assert r.info.run_name == f"{trial.info.run_name} {p['eval.recipe']}"
+        assert p["eval.recipe"] == f"{p['eval.arch']}/{p['eval.optimizer']}" and p["seed"] == trial.data.params["seed"]
+        assert m["gain"] == pytest.approx(m["acc_mean"] - m["acc_random"]) and 0 <= m["acc_mean"] <= 100
+        assert m["distill_seconds"] == trial.data.metrics["distill_seconds"]
+        accs = json.loads(r.data.tags["acc_models"])
+        assert len(accs) == 2 and sum(accs) / 2 == pytest.approx(m["acc_mean"], abs=1e-3)
+        # a run's duration is its evaluation's, inside its trial's; the trial's covers distill + eval
+        assert r.info.end_time - r.info.start_time >= 1000 * m["eval_seconds"] - 2
+        assert trial.info.start_time <= r.info.start_time and r.info.end_time <= trial.info.end_time
+        if p["eval.optimizer"] == "sgd":  # the trial's own run repeats its first recipe's results
+            assert m["acc_mean"] == trial.data.metrics["acc_mean"] and m["acc_random"] == trial.data.metrics["acc_random"]
+    for trial in finished.values():
+        t = trial.data.metrics
+        assert trial.info.end_time - trial.info.start_time >= 1000 * (t["distill_seconds"] + t["eval_seconds"]) - 2
+
+
 def test_distilled_recipe_only_where_step_sizes_are_learned(bench, tracking_uri):
     bench()
-    _, runs = children(tracking_uri)
-    for r in runs:
-        if r.info.status != "FINISHED":
-            continue
-        has = "acc_mean/tiny-mlp/distilled" in r.data.metrics
-        assert has == (r.data.params["distiller"] == "means")
-        assert "acc_random/tiny-mlp/distilled" not in r.data.metrics  # never faked for a real subset
+    tracker, _ = children(tracking_uri)
+    recipe_runs = tracker.recipe_runs(tracker.experiment_id("tiny-bench", create=False))
+    distilled = [r for r in recipe_runs if r.data.params["eval.optimizer"] == "distilled"]
+    assert {r.data.params["distiller"] for r in distilled} == {"means"}
+    # its baseline: a random real subset replaying the set's learned step sizes (the DD code's random_train)
+    assert all(0 <= r.data.metrics["acc_random"] <= 100 for r in distilled)
 
 
 def test_artifacts_hold_a_loadable_safetensors_set_and_figures(bench, tracking_uri, tmp_path):
@@ -169,8 +200,8 @@ def test_random_baseline_is_computed_once_per_budget_seed_and_recipe(bench, monk
     doc["grid"][0]["distiller"] = ["random", "means"]
     bench(doc)
     baseline = [c for c in calls if c[0] == "random real subset"]
-    # random (itself a real subset) + baseline per seed: 2 seeds x (random's own eval + 1 shared baseline)
-    assert len(baseline) == 2 * 2
+    # per seed: random's own eval + 1 shared sgd baseline + means' "distilled" baseline (its own step sizes)
+    assert len(baseline) == 2 * 3
 
 
 def test_report_aggregates_over_seeds_and_writes_tables(bench, tracking_uri, tmp_path):
@@ -540,3 +571,27 @@ def test_dataset_inputs_never_fail_a_trial_start(tracking_uri, tiny_plugins):
     assert len(calls) == 2 and len(tracker.client.get_run(run_id).inputs.dataset_inputs) == 2
     tracker.client.log_inputs = lambda run_id, datasets: (_ for _ in ()).throw(RuntimeError("store says no"))
     assert tracker.start_trial(exp, "", trial)  # started without its inputs
+
+
+def test_runs_logged_before_recipe_runs_still_report_in_percent(bench, tracking_uri):
+    """Stores made before recipe runs hold fractions under ``acc_mean/<recipe>`` on the trial run
+    (no ``acc_unit`` tag); they report beside new runs, converted to percent."""
+    bench()
+    tracker = Tracker(tracking_uri)
+    exp = tracker.experiment_id("tiny-bench", create=False)
+    new = next(r for r in tracker.trial_runs(exp) if r.data.params["distiller"] == "random" and r.info.status == "FINISHED")
+    old = tracker.client.create_run(exp, tags={"run_kind": "trial", "grid_key": "legacy", "trial_key": "legacy",
+                                               "acc_models": json.dumps({"tiny-mlp/sgd": [0.5, 0.6]})}).info.run_id
+    for k, v in {**new.data.params, "seed": 7}.items():
+        tracker.client.log_param(old, k, v)
+    for k, v in {"acc_mean/tiny-mlp/sgd": 0.55, "acc_random/tiny-mlp/sgd": 0.5, "gain/tiny-mlp/sgd": 0.05,
+                 "distill_seconds": 1.0, "eval_seconds": 1.0}.items():
+        tracker.client.log_metric(old, k, v)
+    tracker.client.set_terminated(old, "FINISHED")
+    frame = runs_frame(tracker, "tiny-bench")
+    legacy = frame[frame.run_id == old].iloc[0]
+    assert legacy["acc_mean/tiny-mlp/sgd"] == pytest.approx(55.0) and legacy["per_model"] == {"tiny-mlp/sgd": [50.0, 60.0]}
+    fresh = frame[frame.run_id == new.info.run_id].iloc[0]
+    assert fresh["acc_mean/tiny-mlp/sgd"] == pytest.approx(new.data.metrics["acc_mean"])  # from its recipe run
+    row = leaderboard(frame).query("distiller == 'random' and recipe == 'tiny-mlp/sgd'").iloc[0]
+    assert row.seeds == 3 and 0 <= row.acc_mean <= 100

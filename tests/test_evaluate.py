@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.baseline import class_counts_per_budget, random_subset
+from harness.baseline import class_counts_per_budget, random_subset, spread_over_steps
 from harness.evaluate import EvalResult, evaluate, soft_cross_entropy, train_model
 from harness.specs import DistilledSet
 from harness.testing import TINY_CLASSES, TINY_SHAPE, _build_tiny, _tiny_load
@@ -133,6 +133,18 @@ def test_random_subset_is_class_balanced(ipc, n, expected):
     for xi, yi in zip(s.x, s.y.argmax(1)):
         match = (x == xi).flatten(1).all(1).nonzero().flatten()
         assert len(match) == 1 and y[match[0]] == yi
+
+
+def test_the_distilled_recipes_baseline_spreads_every_class_over_the_steps():
+    """A class-grouped subset replayed in 2 steps: each step's batch gets half of every class (the DD
+    code's random_train), the same examples, none lost."""
+    x, y = _tiny_load("train", None)
+    s = random_subset(x, y, TINY_CLASSES, 4, 4 * TINY_CLASSES, torch.Generator().manual_seed(0))
+    spread = spread_over_steps(s, 2)
+    for batch in spread.y.chunk(2):
+        assert batch.sum(0).tolist() == [2.0] * TINY_CLASSES
+    assert sorted(map(tuple, spread.x.flatten(1).tolist())) == sorted(map(tuple, s.x.flatten(1).tolist()))
+    assert spread_over_steps(s, 1) is s
 
 
 def test_class_counts_spread_the_remainder_at_random():

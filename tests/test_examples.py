@@ -139,7 +139,7 @@ def test_grid_with_the_template_runs_end_to_end(example_site, tmp_path, tracking
     for run in runs:
         assert run.info.status == "FINISHED", run.data.tags.get("error")
         assert run.data.tags.get("trial_key")
-        assert "acc_mean" in run.data.metrics and 0.0 <= run.data.metrics["acc_mean"] <= 1.0
+        assert "acc_mean" in run.data.metrics and 0.0 <= run.data.metrics["acc_mean"] <= 100.0
         assert run.data.tags.get("mlflow.parentRunId")
     herding_run = by_distiller["example-herding"]
     assert herding_run.data.params["cfg.space"] == "input"

@@ -71,11 +71,11 @@ def test_bench_reports_ld_under_both_protocols_and_others_as_not_applicable(tiny
     outcome = run_bench(grid, tiny_plugins, tracking_uri=tracking_uri, data_dir=tmp_path)
     assert (outcome.passed, outcome.failed) == (2, 0)
     tracker = Tracker(tracking_uri)
-    runs = {r.data.params["distiller"]: r for r in tracker.trial_runs(tracker.experiment_id("ldp", create=False))}
-    ld = runs["ld"].data.metrics
-    assert {"acc_mean/tiny-mlp/ld-protocol", "acc_random/tiny-mlp/ld-protocol", "gain/tiny-mlp/ld-protocol"} <= set(ld)
-    assert "acc_mean/tiny-mlp/ld-protocol" not in runs["random"].data.metrics  # no lifetime: n/a, never faked
-    assert "acc_mean/tiny-mlp/sgd" in runs["random"].data.metrics
+    recipes = {}
+    for r in tracker.recipe_runs(tracker.experiment_id("ldp", create=False)):
+        recipes.setdefault(r.data.params["distiller"], {})[r.data.params["eval.recipe"]] = r.data.metrics
+    assert {"acc_mean", "acc_random", "gain"} <= set(recipes["ld"]["tiny-mlp/ld-protocol"])
+    assert set(recipes["random"]) == {"tiny-mlp/sgd"}  # no lifetime: n/a, never faked
 
 
 def test_ld_protocol_first_fails_the_trial_for_a_set_without_a_lifetime(tiny_plugins, tracking_uri, tmp_path):

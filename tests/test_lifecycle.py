@@ -324,7 +324,8 @@ def test_a_driver_stopped_anywhere_loses_nothing_and_the_rerun_counts_each_trial
         proc.communicate(timeout=300)
     finally:
         proc.kill()
-    finished_before = {r.data.tags["trial_key"] for r in all_runs(tracking_uri) if r.info.status == "FINISHED"}
+    finished_before = {r.data.tags["trial_key"] for r in all_runs(tracking_uri)
+                       if r.info.status == "FINISHED" and r.data.tags["run_kind"] == "trial"}
     rerun = subprocess.run([sys.executable, "-m", "harness", "bench", str(grid), "--tracking-uri", tracking_uri],
                            cwd=tmp_path, env={**os.environ, **tests_plugin_env}, capture_output=True, text=True,
                            timeout=600)

@@ -10,14 +10,14 @@ from harness.report import leaderboard
 
 def board():
     rows = []
-    for distiller, base in (("dm", 0.8), ("random", 0.6)):
+    for distiller, base in (("dm", 80.0), ("random", 60.0)):  # percent, as runs log them
         for ipc in (1, 10):
             for seed in (0, 1):
-                acc = base + ipc / 100 + seed / 100
+                acc = base + ipc + seed
                 rows.append({"distiller": distiller, "variant": "", "dataset": "d", "base_dataset": "d", "arch": "a",
                              "budget": f"ipc={ipc}", "seed": seed, "status": "FINISHED", "recipes": "a/sgd,b/sgd",
                              "eval_epochs": "5", "eval_models": "2", "eval_test_size": "0", "init": "init default",
-                             "acc_mean/a/sgd": acc, "acc_mean/b/sgd": acc - 0.05, "distill_seconds": 3.0 * ipc,
+                             "acc_mean/a/sgd": acc, "acc_mean/b/sgd": acc - 5.0, "distill_seconds": 3.0 * ipc,
                              "per_model": {}})
     return leaderboard(pd.DataFrame(rows))
 
@@ -43,3 +43,10 @@ def test_no_cross_arch_plot_when_every_set_was_evaluated_on_its_own_arch():
     assert "d-cross-arch.png" not in figures
     for figure in figures.values():
         plt.close(figure)
+
+
+def test_on_a_recipe_tie_plots_show_the_shared_dc_protocol():
+    from harness.plots import _main_recipe
+
+    rows = pd.DataFrame({"recipe": ["a/ld-protocol", "a/sgd", "a/ld-protocol", "a/sgd"]})
+    assert _main_recipe(rows)[1] == "a/sgd"

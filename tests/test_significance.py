@@ -51,10 +51,10 @@ def test_the_leaderboard_marks_the_best_and_what_is_not_significantly_worse():
                 "eval_test_size": "0", "init": "init default", "acc_mean/a/sgd": sum(accs) / len(accs),
                 "per_model": {"a/sgd": accs}}
 
-    base = [[0.80, 0.70, 0.75, 0.72], [0.78, 0.74, 0.71, 0.77]]
+    base = [[80.0, 70.0, 75.0, 72.0], [78.0, 74.0, 71.0, 77.0]]  # percent, as runs log them
     rows = [run("good", s, accs) for s, accs in enumerate(base)]
-    rows += [run("close", s, [a - (0.002 if k % 2 else -0.001) for k, a in enumerate(accs)]) for s, accs in enumerate(base)]
-    rows += [run("worse", s, [a - 0.05 for a in accs]) for s, accs in enumerate(base)]
+    rows += [run("close", s, [a - (0.2 if k % 2 else -0.1) for k, a in enumerate(accs)]) for s, accs in enumerate(base)]
+    rows += [run("worse", s, [a - 5.0 for a in accs]) for s, accs in enumerate(base)]
     board = leaderboard(pd.DataFrame(rows))
     verdict = {r["distiller"]: cells[10] for (_, r), cells in zip(board.iterrows(), board_cells(board))}
     assert verdict["good"] == "best"

@@ -3,6 +3,7 @@ finished trial (spooled, then logged by the next bench or `harness sync`, never 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -106,6 +107,8 @@ def test_a_failed_log_spools_the_finished_trial_and_the_next_bench_logs_it_witho
     runs = tracker.trial_runs(tracker.experiment_id("spooled", create=False))
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
     assert len({r.data.tags["trial_key"] for r in runs}) == 2
+    recipe_runs = tracker.recipe_runs(tracker.experiment_id("spooled", create=False))  # the spooled one's too
+    assert sorted(r.data.tags["mlflow.parentRunId"] for r in recipe_runs) == sorted(r.info.run_id for r in runs)
     assert not pending(tracker.uri)
 
 
@@ -170,3 +173,24 @@ def test_a_trial_with_many_points_params_and_tags_is_logged_within_mlflows_batch
     run = tracker.client.get_run(run_id)
     assert run.info.status == "FINISHED" and len(run.data.params) >= 150 and "t149" in run.data.tags
     assert len(tracker.client.get_metric_history(run_id, "distill/loss")) == 1500
+
+
+def test_a_spooled_trial_logged_again_never_duplicates_its_recipe_runs(tracking_uri):
+    """Logging a spooled trial into its run after a crash part-way through its recipe runs logs only
+    the recipes missing, once each."""
+    from harness.runner import RecipeResult, TrialResult
+    from harness.trial import Recipe, Trial
+
+    recipes = (Recipe(arch="mlp"), Recipe(arch="mlp", optimizer="adam"))
+    trial = Trial("random", "digits", "digits", "mlp", 10, 100, 0, (), recipes)
+    core = {"acc_mean": 50.0, "acc_std": 1.0, "acc_random": 45.0, "gain": 5.0}
+    result = TrialResult(trial, "passed", metrics=dict(core), recipes=[
+        RecipeResult(r.label, r.params(), {**core, "eval_seconds": 1.0}, [50.0], "sequential", 0, 1000) for r in recipes])
+    first = Tracker(tracking_uri)
+    exp = first.experiment_id("respool")
+    run_id = first.start_trial(exp, "", trial)
+    first._log_recipes(run_id, dataclasses.replace(result, recipes=result.recipes[:1]))  # the driver died here
+    again = Tracker(tracking_uri)  # the next driver: the run is not one it opened
+    again.finish_trial(run_id, result)
+    labels = sorted(r.data.tags["recipe"] for r in again.recipe_runs(exp))
+    assert labels == ["mlp/adam", "mlp/sgd"]

@@ -47,8 +47,9 @@ def test_test_accuracy_on_digits_test_split(benchmark, digits, arch):
 
 
 def test_mlflow_logging_of_one_trial(benchmark, tracking_uri, tmp_path):
-    """Driver-side cost of logging one finished trial (params, metrics, curves, artifacts)."""
-    from harness.runner import TrialResult
+    """Driver-side cost of logging one finished trial (params, metrics, curves, artifacts, and a run
+    per recipe: two recipes, as most grids evaluate)."""
+    from harness.runner import RecipeResult, TrialResult
     from harness.tracking import Tracker
     from harness.trial import Trial
 
@@ -59,8 +60,12 @@ def test_mlflow_logging_of_one_trial(benchmark, tracking_uri, tmp_path):
     art = tmp_path / "a"
     art.mkdir()
     DistilledSet(torch.randn(100, 1, 8, 8), torch.eye(10).repeat(10, 1)).save(art / "distilled.safetensors")
-    trial = Trial("random", "digits", "digits", "mlp", 10, 100, 0, (), (Recipe(arch="mlp"),))
-    result = TrialResult(trial, "passed", metrics={"acc_mean": 0.5, "acc_std": 0.1, "distill_seconds": 1.0},
-                         per_model={"mlp/sgd": [0.5] * 5}, curves=[(i, {"loss": 1.0 / (i + 1)}) for i in range(200)],
-                         artifacts_dir=str(art))
+    recipes = (Recipe(arch="mlp"), Recipe(arch="lenet"))
+    trial = Trial("random", "digits", "digits", "mlp", 10, 100, 0, (), recipes)
+    core = {"acc_mean": 50.0, "acc_std": 1.0, "acc_random": 45.0, "gain": 5.0}
+    result = TrialResult(trial, "passed", metrics={**core, "distill_seconds": 1.0, "eval_seconds": 2.0},
+                         per_model={r.label: [50.0] * 5 for r in recipes},
+                         recipes=[RecipeResult(r.label, r.params(), {**core, "eval_seconds": 1.0}, [50.0] * 5,
+                                               "vectorised", 0, 1000) for r in recipes],
+                         curves=[(i, {"loss": 1.0 / (i + 1)}) for i in range(200)], artifacts_dir=str(art))
     benchmark.pedantic(tracker.log_trial, args=(exp, parent, result), rounds=5, iterations=1)
