@@ -122,3 +122,83 @@ def test_without_ray_the_executor_is_one_line_naming_the_extra(tiny_plugins, mon
                                                     "ipc": 1}]}, tiny_plugins)
     with pytest.raises(ConfigError, match=r"^executor 'ray' needs Ray: pip install 'distill-harness\[ray\]'$"):
         make_executor(RayExecutor, grid)
+
+
+@pytest.fixture
+def running_cluster(tmp_path):
+    """A Ray cluster of its own, started as users start one (`ray start --head`, token authentication
+    on), stopped with its process group; yields (GCS address, Ray Client address)."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from conftest import free_port
+
+    gcs, client, first_worker = free_port(), free_port(), 30000 + os.getpid() % 20000
+    temp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # Ray's socket paths must stay short
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(gcs),
+         "--ray-client-server-port", str(client), "--min-worker-port", str(first_worker),
+         "--max-worker-port", str(first_worker + 100), "--num-cpus", "1", "--temp-dir", temp,
+         "--include-dashboard", "false", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300  # a loaded machine starts Ray slowly: wait on the port, not a clock
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", client), timeout=2).close()
+                break
+            except OSError:
+                assert head.poll() is None, "ray start --head exited"
+                assert time.monotonic() < deadline, "the Ray Client server did not start"
+                time.sleep(1)
+        yield f"127.0.0.1:{gcs}", f"ray://127.0.0.1:{client}"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_joining_a_running_cluster_by_address_and_through_ray_client(running_cluster, tmp_path, mlflow_template):
+    """--ray-address HOST:PORT and ray://HOST:PORT (Ray Client runs no generator tasks: whole tasks)
+    give the inline accuracies."""
+    import subprocess
+    import sys
+
+    from harness.plugins import load_plugins
+
+    doc = {**copy.deepcopy(DIGITS), "seeds": [0]}
+    shutil.copy(mlflow_template, tmp_path / "inline.db")
+    inline = f"sqlite:///{tmp_path / 'inline'}.db"
+    run_bench(build_grid(doc, load_plugins()), load_plugins(), tracking_uri=inline, data_dir=tmp_path)
+    (tmp_path / "exec.toml").write_text(
+        'name = "exec"\nseeds = [0]\ndevice = "cpu"\n[[grid]]\ndistiller = ["random", "dm"]\ndataset = ["digits"]\n'
+        'arch = ["mlp"]\nipc = [1]\n[eval]\nmodels = 2\nepochs = 5\n[distillers.dm]\niterations = 5\n')
+    for i, address in enumerate(running_cluster):
+        shutil.copy(mlflow_template, tmp_path / f"joined{i}.db")
+        uri = f"sqlite:///{tmp_path / f'joined{i}'}.db"
+        proc = subprocess.run([sys.executable, "-m", "harness", "bench", str(tmp_path / "exec.toml"), "--executor",
+                               "ray", "--ray-address", address, "--tracking-uri", uri, "--data-dir", str(tmp_path)],
+                              env={**os.environ, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, address + proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert accuracies(uri, "exec") == accuracies(inline, "exec"), address
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_before_any_compute(tmp_path, capsys):
+    from conftest import free_port
+
+    from harness.executors.ray_executor import RayExecutor, check_reachable
+
+    for address in (f"127.0.0.1:{free_port()}", f"ray://127.0.0.1:{free_port()}"):
+        with pytest.raises(ConfigError, match=r"^no Ray cluster answers at .*Connection refused.*ray start --head"):
+            RayExecutor(address=address).start([], None)
+    with pytest.raises(ConfigError, match="is not auto, HOST:PORT or ray://HOST:PORT"):
+        check_reachable("ray://host:port")
+    check_reachable("auto")  # Ray's own discovery

@@ -2,9 +2,11 @@
 process stays the only MLflow writer.
 
 ``harness bench GRID --executor ray`` starts a local cluster (all cores of this machine);
-``--ray-address auto`` joins the cluster running here (``ray start --head``) and
-``--ray-address ray://HOST:10001`` a remote one through Ray Client. Ray is an optional extra:
-``pip install 'distill-harness[ray]'``.
+``--ray-address auto`` joins the cluster running here (``ray start --head``), ``HOST:PORT`` one by
+its GCS address and ``ray://HOST:10001`` a remote one through Ray Client, which runs no generator
+tasks: there each trial is one plain task whose curves come with its result. Nothing answering at
+the address is one line before any compute (Ray itself would retry for minutes). Ray is an
+optional extra: ``pip install 'distill-harness[ray]'`` (Ray with its client).
 
 Each trial is a Ray task asking for ``num_cpus = cpus_per_trial`` and ``num_gpus = gpus_per_trial``
 from the grid's ``[resources]`` table (fractions allowed: ``gpus_per_trial = 0.5`` puts two trials
@@ -24,6 +26,7 @@ again, from its checkpoint if it has one), then FAILED with Ray's reason. A tria
 
 from __future__ import annotations
 
+import logging
 import os
 import queue as queue_module
 import shutil
@@ -64,14 +67,22 @@ class RayExecutor:
         if ctx is not None:
             self._device_type = ctx.device.type
         if not ray.is_initialized():
+            check_reachable(self.address)  # Ray itself retries an unreachable address for minutes
+            level = logging.getLogger("ray").level
+            logging.getLogger("ray").setLevel(logging.WARNING)  # its INFO lines would precede our one-line error
             env = {k: v for k, v in os.environ.items() if k.startswith("HARNESS_") or k in FORWARDED_ENV}
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                          runtime_env={"env_vars": env} if env else None)
             except Exception as exc:  # noqa: BLE001 - unreachable address, a cluster that cannot start
                 what = f"join the Ray cluster at {self.address}" if self.address else "start a local Ray cluster"
+                hint = ("; a cluster with token authentication (Ray >= 2.52) also needs RAY_AUTH_MODE=token here, "
+                        "with its token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+                        ) if self.address and os.environ.get("RAY_AUTH_MODE") != "token" else ""
                 raise ConfigError(f"could not {what} ({one_line(exc)}); check --ray-address "
-                                  f"(auto, or ray://HOST:10001)") from None
+                                  f"(auto, HOST:PORT or ray://HOST:10001){hint}") from None
+            finally:
+                logging.getLogger("ray").setLevel(level)
             self._started_cluster = True
 
     def close(self, kill: bool = False) -> None:
@@ -90,7 +101,9 @@ class RayExecutor:
         if not ray.is_initialized():
             self.start(trials, None)
         cpus, gpus = self.per_trial()
-        task = ray.remote(trial_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)  # retried here
+        # Ray Client (ray://) runs no generator tasks: there each trial is one task, its curves in its result
+        body = whole_trial_task if self.client_mode else trial_task
+        task = ray.remote(body).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)  # retried here
         at_once = self.workers or fits(ray.cluster_resources(), cpus, gpus)
 
         def one(bound: Any) -> Any:
@@ -108,6 +121,10 @@ class RayExecutor:
             raise
         finally:
             pool.shutdown(wait=True)
+
+    @property
+    def client_mode(self) -> bool:
+        return str(self.address or "").startswith("ray://")
 
     def per_trial(self) -> tuple[float, float]:
         """(CPUs, GPUs) each trial asks for: the grid's [resources], else 1 CPU and, on CUDA, 1 GPU."""
@@ -128,7 +145,10 @@ class RayExecutor:
                     "eval_mode": ctx.eval_mode, "checkpoint_dir": str(checkpoint_root())}
         lost = ""
         for attempt in range(self.retries + 1):
-            outcome = self._attempt(task, bound, ctx, settings)
+            try:
+                outcome = self._attempt(task, bound, ctx, settings)
+            except Exception as exc:  # noqa: BLE001 - Ray failing in a way not foreseen: this trial fails, not the grid
+                return TrialResult(bound.trial, FAILED, error=f"RayError: {one_line(exc)}")
             if isinstance(outcome, TrialResult):
                 if attempt:
                     outcome.tags["ray.retries"] = str(attempt)
@@ -145,6 +165,8 @@ class RayExecutor:
 
         stream = task.remote(bound.trial, settings)
         deadline = None  # from when the trial starts in its worker (not while Ray starts the worker)
+        if self.client_mode and ctx.timeout is not None:  # no "started" message: from submission
+            deadline = time.monotonic() + ctx.timeout + 60.0
         while True:
             if self._stop.is_set():
                 ray.cancel(stream, force=True)
@@ -157,7 +179,7 @@ class RayExecutor:
             if not ready:
                 continue
             try:
-                kind, payload = ray.get(next(stream))
+                kind, payload = ray.get(stream if self.client_mode else next(stream))
             except StopIteration:
                 return "the Ray task ended without a result"
             except ray.exceptions.RayError as exc:  # a lost worker or node (the task itself never raises)
@@ -175,6 +197,24 @@ def require_ray() -> Any:
     except ImportError:
         raise ConfigError("executor 'ray' needs Ray: pip install 'distill-harness[ray]'") from None
     return ray
+
+
+def check_reachable(address: str | None, timeout: float = 10.0) -> None:
+    """One line, before any compute, when nothing answers at ``HOST:PORT`` or ``ray://HOST[:PORT]``
+    (``auto`` and a local cluster are Ray's to find)."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "10001" if address.startswith("ray://") else "6379")
+    if not port.isdigit():
+        raise ConfigError(f"--ray-address {address!r} is not auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"no Ray cluster answers at {address} ({one_line(exc)}); start one there "
+                          f"(ray start --head) or check --ray-address") from None
 
 
 def fits(cluster: dict, cpus: float, gpus: float) -> int:
@@ -214,39 +254,47 @@ def trial_task(trial: Any, settings: dict) -> Iterator:
     """A Ray generator task: yields ("started", None) once the worker is set up, ("point", (step,
     metrics)) while the trial runs, then ("result", (TrialResult, files)). Never raises: a failing
     trial is a FAILED result."""
-    import socket
-    import traceback
-
-    from ..errors import one_line
-    from ..runner import FAILED, TrialResult, run_trial
-
     messages: queue_module.Queue = queue_module.Queue()
-
-    def work() -> None:
-        from ..checkpoint import CHECKPOINT_ENV
-
-        os.environ[CHECKPOINT_ENV] = settings["checkpoint_dir"]  # the driver's, whatever this worker started with
-        try:
-            plugins, ctx = _worker_state(settings)
-            from ..plan import bind
-
-            bound = bind(trial, plugins)
-        except Exception as exc:  # plugins, data or a name this worker cannot set up
-            result = TrialResult(trial, FAILED, error=f"WorkerSetupError: {one_line(exc)}",
-                                 traceback=traceback.format_exc())
-        else:
-            ctx.stream = lambda step, metrics: messages.put(("point", (step, metrics)))
-            messages.put(("started", None))
-            result = run_trial(bound, ctx)
-        result.tags["worker"] = f"{socket.gethostname()}/{os.getpid()}"
-        messages.put(("result", (result, pack(result.artifacts_dir))))
-
-    threading.Thread(target=work, name="harness-trial", daemon=True).start()  # points flow while it runs
+    threading.Thread(target=_run_here, args=(trial, settings, messages.put), name="harness-trial",
+                     daemon=True).start()  # points flow while it runs
     while True:
         kind, payload = messages.get()
         yield kind, payload
         if kind == "result":
             return
+
+
+def whole_trial_task(trial: Any, settings: dict) -> tuple:
+    """The task under Ray Client, which runs no generators: ("result", (TrialResult, files)), the
+    trial's curves inside its result (none stream while it runs). Never raises."""
+    out: list = []
+    _run_here(trial, settings, lambda message: out.append(message) if message[0] == "result" else None)
+    return out[-1]
+
+
+def _run_here(trial: Any, settings: dict, emit: Callable[[tuple], None]) -> None:
+    """Set this worker up (once), run the trial and ``emit`` its messages, the last ("result", ...)."""
+    import socket
+    import traceback
+
+    from ..checkpoint import CHECKPOINT_ENV
+    from ..runner import FAILED, TrialResult, run_trial
+
+    os.environ[CHECKPOINT_ENV] = settings["checkpoint_dir"]  # the driver's, whatever this worker started with
+    try:
+        plugins, ctx = _worker_state(settings)
+        from ..plan import bind
+
+        bound = bind(trial, plugins)
+    except Exception as exc:  # plugins, data or a name this worker cannot set up
+        result = TrialResult(trial, FAILED, error=f"WorkerSetupError: {one_line(exc)}",
+                             traceback=traceback.format_exc())
+    else:
+        ctx.stream = lambda step, metrics: emit(("point", (step, metrics)))
+        emit(("started", None))
+        result = run_trial(bound, ctx)
+    result.tags["worker"] = f"{socket.gethostname()}/{os.getpid()}"
+    emit(("result", (result, pack(result.artifacts_dir))))
 
 
 def _worker_state(settings: dict) -> tuple[Any, Any]:
