@@ -78,12 +78,19 @@ class Driver:
         try:
             if compute is None:
                 result = run_trial(bound, ctx)
-            else:  # elsewhere: the progress display only hears of its start and end
+            else:  # elsewhere: the display hears of its start, its streamed points and its end
                 ctx.progress = None
                 started = time.perf_counter()
                 if progress:
                     with self._lock:
-                        progress.trial_started(trial)
+                        progress.remote_started(trial)
+
+                    def show(step: int, metrics: dict, log: Callable = stream.add) -> None:
+                        log(step, metrics)
+                        with self._lock:
+                            progress.remote_point(trial, step, metrics)
+
+                    ctx.stream = show
                 result = compute(bound, ctx)
                 if progress:
                     with self._lock:

@@ -7,7 +7,11 @@ from typing import Any
 
 
 class BenchProgress:
-    """A bar for the grid and one for the current trial (distill steps, then eval models)."""
+    """A bar for the grid and one for the current trial (distill steps, then eval models); trials
+    running elsewhere, several at once (process and ray executors), get a bar each, moved by the
+    curve points they stream (``remote_*``)."""
+
+    PLAIN_EVERY = 30.0  # seconds between plain heartbeat lines (per trial for remote ones)
 
     def __init__(self, console: Any, total: int, skipped: int = 0):
         self.console, self.total, self.skipped = console, total, skipped
@@ -16,6 +20,7 @@ class BenchProgress:
         self._progress = None
         self._started = 0.0
         self._last_plain = 0.0
+        self._remote: dict[str, Any] = {}  # trial label -> its bar (rich) or its last plain line's time
 
     def __enter__(self) -> "BenchProgress":
         if self.rich:
@@ -52,7 +57,7 @@ class BenchProgress:
             shown = " ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:2])
             desc = self._progress.tasks[self._trial].description.split(" distill")[0]
             self._progress.update(self._trial, completed=step + 1, description=f"{desc} distill {shown}")
-        elif time.perf_counter() - self._last_plain > 30:  # a heartbeat line, not a flood
+        elif time.perf_counter() - self._last_plain > self.PLAIN_EVERY:  # a heartbeat line, not a flood
             self._last_plain = time.perf_counter()
             shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
             self._plain(f"    step {step}: {shown}")
@@ -67,6 +72,26 @@ class BenchProgress:
         if self._progress:
             self._progress.advance(self._trial)
 
+    def remote_started(self, trial: Any) -> None:
+        """A trial started in a worker: its own bar (a line when not on a terminal)."""
+        if self._progress:
+            self._remote[trial.label] = self._progress.add_task(f"  {trial.label} started", total=None)
+        else:
+            self._remote[trial.label] = time.perf_counter()
+            self._plain(f"{trial.label}: started ({len(self._remote)} running)")  # counters are for completions
+
+    def remote_point(self, trial: Any, step: int, metrics: dict) -> None:
+        """A curve point a worker streamed: the trial's bar shows its step and first metrics."""
+        if trial.label not in self._remote:
+            return
+        shown = " ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:2])
+        if self._progress:
+            self._progress.update(self._remote[trial.label], completed=step + 1,
+                                  description=f"  {trial.label} step {step} {shown}")
+        elif time.perf_counter() - self._remote[trial.label] > self.PLAIN_EVERY:
+            self._remote[trial.label] = time.perf_counter()
+            self._plain(f"    {trial.label} step {step}: {shown}")
+
     def trial_done(self, trial: Any, result: Any, seconds: float | None = None) -> None:
         """``seconds``: the trial's wall time, when trials run at once (default: since trial_started)."""
         self.done += 1
@@ -77,9 +102,13 @@ class BenchProgress:
             line = f"[{self.done}/{self.total}] {trial.label}: acc {m['acc_mean']:.2f}%{gain} ({secs:.1f}s)"
         else:
             line = f"[{self.done}/{self.total}] {trial.label}: FAILED {result.error}"
+        remote = self._remote.pop(trial.label, None)
         if self._progress:
             self._progress.console.print(line, highlight=False, soft_wrap=True)
-            self._progress.update(self._trial, visible=False)
+            if remote is not None:
+                self._progress.remove_task(remote)
+            else:
+                self._progress.update(self._trial, visible=False)
             self._progress.advance(self._grid)
         else:
             self._plain(line)

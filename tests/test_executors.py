@@ -151,3 +151,35 @@ def test_a_worker_that_cannot_set_its_trial_up_fails_it_with_the_reason(tmp_path
     assert (outcome.passed, outcome.failed) == (0, 1)
     status, _, error = accuracies(tracking_uri, "setup")["means/digits/mlp/ipc1/seed0"]
     assert status == "FAILED" and error.startswith("WorkerSetupError: ") and "'means'" in error, error
+
+
+def test_trials_running_at_once_each_get_a_live_bar_moved_by_their_streamed_points():
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from harness.progress import BenchProgress
+
+    a, b = SimpleNamespace(label="dm/d/a/ipc1/seed0"), SimpleNamespace(label="dm/d/a/ipc1/seed1")
+    done = SimpleNamespace(passed=True, metrics={"acc_mean": 80.0, "gain": 5.0}, error="")
+    with BenchProgress(Console(file=io.StringIO(), force_terminal=True, width=200), 2) as progress:
+        progress.remote_started(a)
+        progress.remote_started(b)
+        progress.remote_point(a, 41, {"loss": 0.25})
+        bars = {t.description.strip().split(" ")[0]: t for t in progress._progress.tasks if t.visible}
+        assert bars[a.label].completed == 42 and "step 41 loss=0.25" in bars[a.label].description
+        assert bars[b.label].description.strip() == f"{b.label} started"
+        progress.trial_done(a, done, 3.0)
+        assert a.label not in {t.description.strip().split(" ")[0] for t in progress._progress.tasks}
+        assert b.label in {t.description.strip().split(" ")[0] for t in progress._progress.tasks}
+
+    out = io.StringIO()  # not a terminal: a heartbeat line per trial, at most every PLAIN_EVERY seconds
+    plain = BenchProgress(Console(file=out, force_terminal=False, width=200), 2)
+    plain.PLAIN_EVERY = 0.0
+    with plain:
+        plain.remote_started(a)
+        plain.remote_point(a, 7, {"loss": 0.5})
+        plain.trial_done(a, done, 1.0)
+    assert out.getvalue().splitlines() == [f"{a.label}: started (1 running)", f"    {a.label} step 7: loss=0.5",
+                                           f"[1/2] {a.label}: acc 80.00% gain +5.00 (1.0s)"]
