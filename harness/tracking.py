@@ -361,6 +361,7 @@ class Tracker:
         """End a run without results (KILLED on interruption, FAILED when logging broke)."""
         with self._lock:
             self.client.set_terminated(run_id, status)
+            self._open.pop(run_id, None)
 
     def log_spooled(self, record: Any) -> str:
         """Log a trial kept by :mod:`harness.spool`: into its own run if that is still RUNNING, else
