@@ -139,7 +139,8 @@ def running_cluster(tmp_path):
 
     gcs, client, first_worker = free_port(), free_port(), 30000 + os.getpid() % 20000
     temp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # Ray's socket paths must stay short
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # a loaded machine starts the head's per-client Ray Client server slowly (its default wait: 30 s)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "300"}
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(gcs),
          "--ray-client-server-port", str(client), "--min-worker-port", str(first_worker),

@@ -72,14 +72,23 @@ class RayExecutor:
             logging.getLogger("ray").setLevel(logging.WARNING)  # its INFO lines would precede our one-line error
             env = {k: v for k, v in os.environ.items() if k.startswith("HARNESS_") or k in FORWARDED_ENV}
             try:
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                         runtime_env={"env_vars": env} if env else None)
+                for attempt in (1, 2):
+                    try:
+                        ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                                 runtime_env={"env_vars": env} if env else None)
+                        break
+                    except ConnectionAbortedError:  # Ray Client: the head's per-client server failed to start
+                        if attempt == 2:          # (it times out on a loaded head): once more
+                            raise
+                        ray.shutdown()
             except Exception as exc:  # noqa: BLE001 - unreachable address, a cluster that cannot start
                 what = f"join the Ray cluster at {self.address}" if self.address else "start a local Ray cluster"
                 hint = ("; a cluster with token authentication (Ray >= 2.52) also needs RAY_AUTH_MODE=token here, "
                         "with its token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
                         ) if self.address and os.environ.get("RAY_AUTH_MODE") != "token" else ""
-                raise ConfigError(f"could not {what} ({one_line(exc)}); check --ray-address "
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                detail = one_line(exc) + (f" ... {lines[-1]}" if len(lines) > 1 else "")  # the server's cause
+                raise ConfigError(f"could not {what} ({detail}); check --ray-address "
                                   f"(auto, HOST:PORT or ray://HOST:10001){hint}") from None
             finally:
                 logging.getLogger("ray").setLevel(level)
