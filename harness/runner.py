@@ -26,8 +26,7 @@ from .trial import Recipe, Trial, derive_seed
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"  # skipped: claimed by another driver
 MAX_SAVED_EXAMPLES = 10_000  # larger sets (e.g. `full`) are reproducible from the data: not copied
-ACC_UNIT = "percent"  # the unit of every accuracy a trial reports (acc_*, gain, per-model accuracies)
-CORE_METRICS = ("acc_mean", "acc_std", "acc_random", "gain")  # per recipe, recipe-free names
+CORE_METRICS = ("acc_mean", "acc_std", "acc_random", "gain")  # per recipe, recipe-free names, in percent
 
 
 @dataclass
@@ -210,7 +209,8 @@ def _distill(bound: BoundTrial, ctx: TrialContext, result: TrialResult):
 
 
 def _evaluate_all(bound: BoundTrial, ctx: TrialContext, dset: Any, result: TrialResult) -> float:
-    """Evaluate every recipe into ``result.metrics``; returns the peak memory (MB) while doing so."""
+    """Evaluate every recipe into ``result.recipes`` (and the first one's core metrics into
+    ``result.metrics``); returns the peak memory (MB) while doing so."""
     from .evaluate import evaluate, ld_protocol_applies
     from .measure import Measure
 
@@ -254,7 +254,6 @@ def _evaluate_all(bound: BoundTrial, ctx: TrialContext, dset: Any, result: Trial
 def _random_baseline(bound: BoundTrial, recipe: Recipe, ctx: TrialContext, dset: Any, ev: Any):
     """Random real subset at the same budget and recipe; cached across distillers.
 
-    None when the recipe cannot apply to a real subset ("distilled" step sizes belong to a set).
     Known-init recipes start from the trial's own init, so they are not shared across trials.
     A budget-free trial (the full set) is its own random subset: acc_random = acc_mean, gain 0.
     A "distilled" recipe replays the set's learned step sizes on the subset (hard labels, split into
