@@ -66,7 +66,7 @@ class SpooledResult:
     run_id: str | None
     curves_sent: int
     cfg_fields: list
-    recipes: list = field(default_factory=list)  # RecipeResult fields as dicts
+    recipes: list = field(default_factory=list)  # harness.runner.RecipeResult, as in a TrialResult
 
     @property
     def passed(self) -> bool:
@@ -91,7 +91,7 @@ def spool(uri: str, experiment: str, parent_id: str | None, cfg_fields: list[str
                   "param_values": {k: str(v) for k, v in trial.params().items()}},
         "status": result.status, "metrics": result.metrics, "per_model": result.per_model,
         "curves": [[s, m] for s, m in result.curves], "tags": result.tags, "error": result.error,
-        "traceback": result.traceback, "recipes": [asdict(r) for r in getattr(result, "recipes", [])],
+        "traceback": result.traceback, "recipes": [asdict(r) for r in result.recipes],
     }
     (partial / RECORD).write_text(json.dumps(record), encoding="utf-8")
     partial.rename(entry)
@@ -105,6 +105,8 @@ def pending(uri: str) -> list[Path]:
 
 
 def read(entry: Path) -> SpooledResult:
+    from .runner import RecipeResult
+
     data = json.loads((entry / RECORD).read_text(encoding="utf-8"))
     artifacts = entry / "artifacts"
     return SpooledResult(
@@ -113,7 +115,7 @@ def read(entry: Path) -> SpooledResult:
         error=data["error"], traceback=data["traceback"],
         artifacts_dir=str(artifacts) if artifacts.is_dir() else None, experiment=data["experiment"],
         parent_id=data["parent_id"], run_id=data["run_id"], curves_sent=int(data["curves_sent"]),
-        cfg_fields=data["cfg_fields"], recipes=data.get("recipes", []),
+        cfg_fields=data["cfg_fields"], recipes=[RecipeResult(**r) for r in data.get("recipes", [])],
     )
 
 

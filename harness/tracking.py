@@ -17,7 +17,6 @@ import os
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Iterable, Iterator
 
 from .errors import HarnessError, one_line
@@ -316,7 +315,7 @@ class Tracker:
             tags["error"] = result.error[:5000]
         with self._lock:
             self._log(run_id, metrics=metrics, tags=tags)
-            if getattr(result, "recipes", None):
+            if result.recipes:
                 self._log_recipes(run_id, result)
             if result.artifacts_dir:
                 self.client.log_artifacts(run_id, result.artifacts_dir)
@@ -343,8 +342,7 @@ class Tracker:
                 if r.info.status == "FINISHED"}
         shared = {k: v for k, v in trial_params.items() if not k.startswith("eval.")}
         cost = {k: result.metrics[k] for k in RECIPE_RUN_COST if k in result.metrics}
-        for recipe in result.recipes:
-            r = recipe if not isinstance(recipe, dict) else SimpleNamespace(**recipe)
+        for r in result.recipes:
             if r.label in done:
                 continue
             tags = {RUN_KIND: "eval", "mlflow.parentRunId": run_id, ACC_UNIT_TAG: "percent",
