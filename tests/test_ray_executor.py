@@ -193,13 +193,19 @@ def test_joining_a_running_cluster_by_address_and_through_ray_client(running_clu
 
 
 def test_an_address_where_no_cluster_answers_is_one_line_before_any_compute(tmp_path, capsys):
-    from conftest import free_port
+    import socket
 
     from harness.executors.ray_executor import RayExecutor, check_reachable
 
-    for address in (f"127.0.0.1:{free_port()}", f"ray://127.0.0.1:{free_port()}"):
-        with pytest.raises(ConfigError, match=r"^no Ray cluster answers at .*Connection refused.*ray start --head"):
-            RayExecutor(address=address).start([], None)
+    # a port held bound but not listening refuses connections, and no other process (a Ray worker
+    # of another test, say) can start listening on it meanwhile: a port merely found free could be
+    # taken between the lookup and the probe (this failed once under load)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+            with pytest.raises(ConfigError, match=r"^no Ray cluster answers at .*Connection refused.*ray start --head"):
+                RayExecutor(address=address).start([], None)
     with pytest.raises(ConfigError, match="is not auto, HOST:PORT or ray://HOST:PORT"):
         check_reachable("ray://host:port")
     check_reachable("auto")  # Ray's own discovery
