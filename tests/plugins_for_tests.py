@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import harness
@@ -74,7 +75,9 @@ class ClassMeans:
 
 class Sleeper:
     """Logs one step every ``seconds`` for ``steps`` steps, then returns class means: a trial that
-    takes as long as a test needs (run lifecycle, time limits, concurrent drivers)."""
+    takes as long as a test needs (run lifecycle, time limits, concurrent drivers). ``until``: a
+    file path; the trial then keeps logging past ``steps`` (up to 100x) until that file exists, so a
+    test can hold a trial running until the driver has seen what it waits for."""
 
     name = "sleeper"
 
@@ -82,6 +85,7 @@ class Sleeper:
     class Config:
         steps: int = 20
         seconds: float = 0.05
+        until: str = ""
 
     def distill(self, task):
         import time
@@ -91,10 +95,12 @@ class Sleeper:
         cfg = task.config
         task.expect_steps(cfg.steps)
         saved = task.restore()  # it checkpoints too: a resumed trial continues from the saved step
-        for step in range(saved[0] if saved else 0, cfg.steps):
+        step = saved[0] if saved else 0
+        while step < cfg.steps or (cfg.until and not os.path.exists(cfg.until) and step < 100 * cfg.steps):
             time.sleep(cfg.seconds)
             task.log(step, loss=1.0 / (step + 1))
-            task.checkpoint(step + 1, lambda: {})
+            step += 1
+            task.checkpoint(step, lambda: {})
         xs = [task.x[task.y == c].mean(0, keepdim=True).repeat(task.ipc, *[1] * (task.x.dim() - 1))
               for c in range(task.num_classes)]
         y = torch.nn.functional.one_hot(torch.arange(task.num_classes).repeat_interleave(task.ipc), task.num_classes)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -168,8 +169,8 @@ def running_cluster(tmp_path):
 
 
 def test_joining_a_running_cluster_by_address_and_through_ray_client(running_cluster, tmp_path, mlflow_template):
-    """--ray-address HOST:PORT and ray://HOST:PORT (Ray Client runs no generator tasks: whole tasks)
-    give the inline accuracies."""
+    """--ray-address HOST:PORT and ray://HOST:PORT (Ray Client runs no generator tasks: whole tasks
+    posting to a mailbox actor) give the inline accuracies."""
     import subprocess
     import sys
 
@@ -192,20 +193,76 @@ def test_joining_a_running_cluster_by_address_and_through_ray_client(running_clu
         assert accuracies(uri, "exec") == accuracies(inline, "exec"), address
 
 
-def test_an_address_where_no_cluster_answers_is_one_line_before_any_compute(tmp_path, capsys):
+def test_an_address_where_no_cluster_answers_is_one_line_before_any_compute(tmp_path):
+    """Through the CLI in a fresh process: this module's own cluster is initialised in the test
+    process, where the executor rightly skips the probe (it is connected already)."""
     import socket
+    import subprocess
+    import sys
 
-    from harness.executors.ray_executor import RayExecutor, check_reachable
+    from harness.executors.ray_executor import check_reachable
 
-    # a port held bound but not listening refuses connections, and no other process (a Ray worker
-    # of another test, say) can start listening on it meanwhile: a port merely found free could be
-    # taken between the lookup and the probe (this failed once under load)
+    (tmp_path / "g.toml").write_text('name = "probe"\ndevice = "cpu"\n[[grid]]\ndistiller = ["random"]\n'
+                                     'dataset = ["digits"]\narch = ["mlp"]\nipc = [1]\n')
+    # a port held bound but not listening refuses connections, and no other process can listen on it
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         port = held.getsockname()[1]
         for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
-            with pytest.raises(ConfigError, match=r"^no Ray cluster answers at .*Connection refused.*ray start --head"):
-                RayExecutor(address=address).start([], None)
+            proc = subprocess.run([sys.executable, "-m", "harness", "bench", str(tmp_path / "g.toml"), "--executor",
+                                   "ray", "--ray-address", address, "--tracking-uri",
+                                   f"sqlite:///{tmp_path / 'probe.db'}", "--data-dir", str(tmp_path)],
+                                  capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+            assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+            assert re.search(rf"no Ray cluster answers at {re.escape(address)} .*Connection refused.*ray start --head",
+                             proc.stderr), proc.stderr
+            assert "trial" not in proc.stdout, proc.stdout  # nothing ran
     with pytest.raises(ConfigError, match="is not auto, HOST:PORT or ray://HOST:PORT"):
         check_reachable("ray://host:port")
     check_reachable("auto")  # Ray's own discovery
+
+
+def test_under_ray_client_a_trial_posts_its_start_and_points_while_it_runs(ray_cluster, tmp_path, tracking_uri,
+                                                                          monkeypatch):
+    """Ray Client runs no generator tasks: there a trial is one task that posts its start and its
+    points to the grid's mailbox actor, and the driver relays them while the trial still runs. The
+    Ray Client path (whole tasks, the mailbox) is forced here on the local cluster; the `ray://`
+    join test runs it through a real Ray Client."""
+    import sys
+    import time
+
+    import harness.executors.ray_executor as rx
+    from harness.plugins import load_plugins
+
+    monkeypatch.syspath_prepend(ray_cluster.split(os.pathsep)[0])
+    monkeypatch.syspath_prepend(ray_cluster.split(os.pathsep)[1])
+    sys.modules.pop("plugins_for_tests", None)
+    plugins = load_plugins()
+    monkeypatch.setattr(rx.RayExecutor, "client_mode", property(lambda self: True))
+    seen = tmp_path / "driver-saw-a-point"  # the trial keeps running until the driver has relayed a point
+    events: list[str] = []
+    real_relay, real_unpack = rx.relay, rx.unpack
+
+    def relay(kind, payload, ctx, deadline):
+        events.append(kind)
+        if kind == "point":
+            seen.touch()
+        return real_relay(kind, payload, ctx, deadline)
+
+    monkeypatch.setattr(rx, "relay", relay)
+    monkeypatch.setattr(rx, "unpack", lambda files: events.append("result") or real_unpack(files))
+    doc = {"name": "client", "device": "cpu", "executor": "ray", "trial_timeout": 600,
+           "grid": [{"distiller": ["sleeper"], "dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [1]}],
+           "eval": {"models": 1, "epochs": 2}, "distillers": {"sleeper": {"steps": 5, "seconds": 0.05,
+                                                                          "until": str(seen)}}}
+    start = time.monotonic()
+    outcome = run_bench(build_grid(doc, plugins), plugins, tracking_uri=tracking_uri, data_dir=tmp_path)
+    assert outcome.passed == 1, accuracies(tracking_uri, "client")
+    assert events[0] == "started" and "point" in events and events[-1] == "result", events
+    assert events.index("point") < events.index("result")  # relayed while the trial ran
+    tracker = Tracker(tracking_uri)
+    run = tracker.trial_runs(tracker.experiment_id("client", create=False))[0]
+    steps = [m.step for m in tracker.client.get_metric_history(run.info.run_id, "distill/loss")]
+    assert steps == sorted(set(steps)) and steps[0] == 0 and len(steps) == steps[-1] + 1  # each point once
+    assert time.monotonic() - start < 600

@@ -4,7 +4,9 @@ process stays the only MLflow writer.
 ``harness bench GRID --executor ray`` starts a local cluster (all cores of this machine);
 ``--ray-address auto`` joins the cluster running here (``ray start --head``), ``HOST:PORT`` one by
 its GCS address and ``ray://HOST:10001`` a remote one through Ray Client, which runs no generator
-tasks: there each trial is one plain task whose curves come with its result. Nothing answering at
+tasks: there each trial is one plain task that posts its start and curve points to a mailbox actor
+(:class:`Mailbox`, one per grid, no CPU) which the driver empties every half second, so progress and
+curves are live there too; every point also comes with the result. Nothing answering at
 the address is one line before any compute (Ray itself would retry for minutes). Ray is an
 optional extra: ``pip install 'distill-harness[ray]'`` (Ray with its client).
 
@@ -33,6 +35,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -41,6 +44,8 @@ from ..errors import ConfigError, one_line
 from .process import relay
 
 FORWARDED_ENV = ("PYTHONPATH",)  # with every HARNESS_* variable: the tasks see what the driver sees
+POST_SECONDS = 1.0  # under Ray Client, a task posts its points this often (its start at once)
+PUMP_SECONDS = 0.5  # and the driver empties the mailbox this often
 
 
 class RayExecutor:
@@ -110,10 +115,11 @@ class RayExecutor:
         if not ray.is_initialized():
             self.start(trials, None)
         cpus, gpus = self.per_trial()
-        # Ray Client (ray://) runs no generator tasks: there each trial is one task, its curves in its result
+        # Ray Client (ray://) runs no generator tasks: there each trial is one task posting to a mailbox
         body = whole_trial_task if self.client_mode else trial_task
         task = ray.remote(body).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)  # retried here
         at_once = self.workers or fits(ray.cluster_resources(), cpus, gpus)
+        pump = self._open_mailbox() if self.client_mode else None
 
         def one(bound: Any) -> Any:
             return run_trial(bound, compute=lambda b, ctx: self._remote(task, b, ctx, cpus, gpus))
@@ -130,6 +136,31 @@ class RayExecutor:
             raise
         finally:
             pool.shutdown(wait=True)
+            if pump is not None:
+                pump.set()
+
+    def _open_mailbox(self) -> threading.Event:
+        """Create the grid's mailbox actor and a thread that routes what trials post to it to their
+        attempts' local queues (``self._routes``); returns the event that stops the thread."""
+        import ray
+
+        self._mailbox = ray.remote(num_cpus=0)(Mailbox).remote()
+        self._routes: dict[str, queue_module.Queue] = {}
+        done = threading.Event()
+
+        def pump() -> None:
+            while not done.wait(PUMP_SECONDS):
+                try:
+                    messages = ray.get(self._mailbox.take.remote(), timeout=60)
+                except Exception:  # noqa: BLE001 - progress is best effort: every point also comes with the result
+                    continue
+                for token, kind, payload in messages:
+                    route = self._routes.get(token)
+                    if route is not None:
+                        route.put((kind, payload))
+
+        threading.Thread(target=pump, name="harness-ray-mailbox", daemon=True).start()
+        return done
 
     @property
     def client_mode(self) -> bool:
@@ -168,15 +199,27 @@ class RayExecutor:
 
     def _attempt(self, task: Any, bound: Any, ctx: Any, settings: dict) -> Any:
         """One submission: the TrialResult, or why Ray lost the task (a str)."""
+        if not self.client_mode:  # the deadline counts from the task's "started" message
+            return self._follow(task.remote(bound.trial, settings), bound, ctx, None, None)
+        token, posted = uuid.uuid4().hex, queue_module.Queue()  # its messages come through the mailbox
+        self._routes[token] = posted
+        try:  # if "started" never arrives, the deadline counts from submission
+            deadline = None if ctx.timeout is None else time.monotonic() + ctx.timeout + 60.0
+            return self._follow(task.remote(bound.trial, settings, self._mailbox, token), bound, ctx, deadline, posted)
+        finally:
+            self._routes.pop(token, None)
+
+    def _follow(self, stream: Any, bound: Any, ctx: Any, deadline: float | None,
+                posted: queue_module.Queue | None) -> Any:
+        """Relay a submitted task's messages until its result (``posted``: the mailbox's route of a
+        Ray Client task, whose generator-less ``stream`` only holds the result)."""
         import ray
 
         from ..runner import FAILED, TrialResult
 
-        stream = task.remote(bound.trial, settings)
-        deadline = None  # from when the trial starts in its worker (not while Ray starts the worker)
-        if self.client_mode and ctx.timeout is not None:  # no "started" message: from submission
-            deadline = time.monotonic() + ctx.timeout + 60.0
         while True:
+            while posted is not None and not posted.empty():
+                deadline = relay(*posted.get(), ctx, deadline)
             if self._stop.is_set():
                 ray.cancel(stream, force=True)
                 raise KeyboardInterrupt("the driver was interrupted")
@@ -184,11 +227,11 @@ class RayExecutor:
                 ray.cancel(stream, force=True)
                 return TrialResult(bound.trial, FAILED, error=f"TrialTimeout: timeout: the trial ran past "
                                                               f"trial_timeout = {ctx.timeout:g} s and was cancelled")
-            ready, _ = ray.wait([stream], timeout=1.0)
+            ready, _ = ray.wait([stream], timeout=PUMP_SECONDS if posted is not None else 1.0)
             if not ready:
                 continue
             try:
-                kind, payload = ray.get(stream if self.client_mode else next(stream))
+                kind, payload = ray.get(stream if posted is not None else next(stream))
             except StopIteration:
                 return "the Ray task ended without a result"
             except ray.exceptions.RayError as exc:  # a lost worker or node (the task itself never raises)
@@ -273,12 +316,78 @@ def trial_task(trial: Any, settings: dict) -> Iterator:
             return
 
 
-def whole_trial_task(trial: Any, settings: dict) -> tuple:
-    """The task under Ray Client, which runs no generators: ("result", (TrialResult, files)), the
-    trial's curves inside its result (none stream while it runs). Never raises."""
+def whole_trial_task(trial: Any, settings: dict, mailbox: Any = None, token: str = "") -> tuple:
+    """The task under Ray Client, which runs no generators: returns ("result", (TrialResult, files));
+    its start and curve points go to ``mailbox`` as (token, kind, payload), the start at once and
+    points in batches every ``POST_SECONDS``. Never raises."""
     out: list = []
-    _run_here(trial, settings, lambda message: out.append(message) if message[0] == "result" else None)
+    poster = Poster(mailbox, token) if mailbox is not None else None
+    _run_here(trial, settings, lambda message: out.append(message) if message[0] == "result"
+              else poster.add(message) if poster is not None else None)
+    if poster is not None:
+        poster.close()
     return out[-1]
+
+
+class Mailbox:
+    """A Ray actor (no CPU) holding what Ray Client tasks post until the driver takes it."""
+
+    def __init__(self) -> None:
+        self.messages: list = []
+
+    def post(self, messages: list) -> None:
+        self.messages.extend(messages)
+
+    def take(self) -> list:
+        messages, self.messages = self.messages, []
+        return messages
+
+
+class Poster:
+    """A task's side of the mailbox: buffers messages and posts them in batches from a thread (a
+    trial logging every step must not wait on the actor); the start is posted at once. Best effort:
+    a post that fails is dropped (the result carries every point)."""
+
+    def __init__(self, mailbox: Any, token: str):
+        self.mailbox, self.token = mailbox, token
+        self.pending: list = []
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.last: Any = None
+        self.thread = threading.Thread(target=self._loop, name="harness-poster", daemon=True)
+        self.thread.start()
+
+    def add(self, message: tuple) -> None:
+        with self.lock:
+            self.pending.append((self.token, *message))
+        if message[0] == "started":
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            batch, self.pending = self.pending, []
+            if batch:
+                try:  # under the lock: batches reach the actor in order
+                    self.last = self.mailbox.post.remote(batch)
+                except Exception:  # noqa: BLE001 - best effort
+                    pass
+
+    def _loop(self) -> None:
+        while not self.done.wait(POST_SECONDS):
+            self.flush()
+
+    def close(self) -> None:
+        """Post what is left and wait until it is delivered (so it precedes the result)."""
+        import ray
+
+        self.done.set()
+        self.thread.join()
+        self.flush()
+        if self.last is not None:
+            try:
+                ray.get(self.last, timeout=30)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
 
 
 def _run_here(trial: Any, settings: dict, emit: Callable[[tuple], None]) -> None:
