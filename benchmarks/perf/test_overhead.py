@@ -69,3 +69,46 @@ def test_mlflow_logging_of_one_trial(benchmark, tracking_uri, tmp_path):
                                                "vectorised", 0, 1000) for r in recipes],
                          curves=[(i, {"loss": 1.0 / (i + 1)}) for i in range(200)], artifacts_dir=str(art))
     benchmark.pedantic(tracker.log_trial, args=(exp, parent, result), rounds=5, iterations=1)
+    calls = count_requests(tracker, lambda: tracker.log_trial(exp, parent, result))
+    benchmark.extra_info["requests"] = len(calls)
+    benchmark.extra_info["by_request"] = {name: [sum(1 for n, _ in calls if n == name),
+                                                 sum(t for n, t in calls if n == name)] for name, _ in calls}
+
+
+def count_requests(tracker, action) -> list[tuple[str, float]]:
+    """The MLflow client calls (store requests) ``action`` makes through ``tracker.client``, each with
+    its duration in seconds."""
+    import time
+
+    calls, real = [], tracker.client
+
+    class Timing:
+        def __getattr__(self, name):
+            attr = getattr(real, name)
+            if not callable(attr):
+                return attr
+
+            def call(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return attr(*args, **kwargs)
+                finally:
+                    calls.append((name, time.perf_counter() - start))
+            return call
+
+    tracker.client = Timing()
+    try:
+        action()
+    finally:
+        tracker.client = real
+    return calls
+
+
+def test_mlflow_one_request(benchmark, tracking_uri):
+    """One store request alone (a tag on an existing run): the unit of the per-trial cost above."""
+    from harness.tracking import Tracker
+
+    benchmark.group = "mlflow-request"
+    tracker = Tracker(tracking_uri)
+    run = tracker.client.create_run(tracker.experiment_id("perf")).info.run_id
+    benchmark.pedantic(tracker.client.set_tag, args=(run, "k", "v"), rounds=20, iterations=1, warmup_rounds=2)
