@@ -73,7 +73,7 @@ class Driver:
         self.heartbeat.hold(run_id)
         stream = CurveStream(lambda points: self.tracker.log_points(run_id, points), every=self.stream_every)
         ctx = copy.copy(self.ctx)  # this trial's: its own stream and deadline
-        ctx.stream = stream.add
+        ctx.stream, ctx.restart_stream = stream.add, stream.restart
         progress = self.ctx.progress
         try:
             if compute is None:

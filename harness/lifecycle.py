@@ -142,6 +142,14 @@ class CurveStream:
         self._buffer = []
         self._every, self._failing = self._base_every, False
 
+    def restart(self) -> None:
+        """The trial starts over (an executor retries it after its worker was lost): what the lost
+        attempt produced is sent, and ``sent`` counts the new attempt's points from here, so it
+        stays the number of the final result's ``curves`` already in the run."""
+        self.flush()
+        self._buffer = []  # unsendable now (the store is down): the lost attempt's, never the result's
+        self.sent = 0
+
 
 def env_seconds(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
     """Seconds from the environment variable ``name`` (comma-separated, each >= 0), else

@@ -82,6 +82,7 @@ class TrialContext:
         self.timeout = timeout
         self.checkpoint_every = checkpoint_every  # seconds between mid-trial checkpoints; None: none
         self.stream: Any = None
+        self.restart_stream: Any = None  # an executor retrying the trial calls it before the new attempt
         self.baselines: dict[tuple, Any] = {}
         self.deadline: float | None = None
 

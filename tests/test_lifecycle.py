@@ -255,6 +255,23 @@ def test_curve_stream_batches_and_keeps_points_a_failed_send_did_not_deliver():
     assert stream.sent == 7
 
 
+def test_a_restarted_stream_counts_the_new_attempts_points_only():
+    """An executor that retries a trial (Ray, after a lost worker) restarts its stream: the lost
+    attempt's points are sent, and ``sent`` then indexes the final result's curves, so finishing
+    the run logs exactly the points of the final attempt not streamed yet."""
+    sent: list = []
+    stream = CurveStream(lambda points: sent.extend(points), every=3600, max_points=4)
+    for step in range(6):  # the lost attempt: 4 sent in a batch, 2 buffered
+        stream.add(step, {"loss": 1.0})
+    stream.restart()
+    assert [s for s, _ in sent] == [0, 1, 2, 3, 4, 5] and stream.sent == 0
+    final_curves = [(step, {"loss": 0.5}) for step in range(3, 9)]  # resumed from a checkpoint at step 3
+    for point in final_curves[:4]:
+        stream.add(*point)
+    assert stream.sent == 4  # what finish_trial skips: result.curves[4:] are the two not streamed
+    assert [s for s, _ in sent[6:]] + [s for s, _ in final_curves[stream.sent:]] == [3, 4, 5, 6, 7, 8]
+
+
 @pytest.mark.parametrize("executor", ["inline", "process", "ray"])
 def test_an_interrupted_trial_resumes_from_its_mid_trial_checkpoint(tmp_path, tracking_uri, tests_plugin_env, executor):
     """Checkpoints every 0.5 s; Ctrl-C once one exists; the rerun's distillation starts where it was,

@@ -272,3 +272,26 @@ def test_under_ray_client_a_trial_posts_its_start_and_points_while_it_runs(ray_c
     steps = [m.step for m in tracker.client.get_metric_history(run.info.run_id, "distill/loss")]
     assert steps == sorted(set(steps)) and steps[0] == 0 and len(steps) == steps[-1] + 1  # each point once
     assert time.monotonic() - start < 600
+
+
+def test_a_retried_trial_restarts_its_curve_stream_first(monkeypatch):
+    """Before a lost trial's new attempt the executor restarts the driver's curve stream, so the
+    count of streamed points refers to the final attempt's curves (test_lifecycle covers the count)."""
+    from types import SimpleNamespace
+
+    from harness.executors.ray_executor import RayExecutor
+    from harness.runner import TrialResult
+
+    executor = RayExecutor(retries=1)
+    events: list[str] = []
+    outcomes = iter(["the worker died", TrialResult(trial=None, status="passed")])
+
+    def attempt(task, bound, ctx, settings):
+        events.append("attempt")
+        return next(outcomes)
+
+    monkeypatch.setattr(executor, "_attempt", attempt)
+    ctx = SimpleNamespace(data=SimpleNamespace(data_dir="/data"), device="cpu", timeout=None, checkpoint_every=None,
+                          eval_mode="auto", restart_stream=lambda: events.append("restart"))
+    result = executor._remote(None, SimpleNamespace(trial=None), ctx, 1.0, 0.0)
+    assert events == ["attempt", "restart", "attempt"] and result.tags["ray.retries"] == "1"

@@ -185,6 +185,8 @@ class RayExecutor:
                     "eval_mode": ctx.eval_mode, "checkpoint_dir": str(checkpoint_root())}
         lost = ""
         for attempt in range(self.retries + 1):
+            if attempt and getattr(ctx, "restart_stream", None):  # the result will hold this attempt's curves only
+                ctx.restart_stream()
             try:
                 outcome = self._attempt(task, bound, ctx, settings)
             except Exception as exc:  # noqa: BLE001 - Ray failing in a way not foreseen: this trial fails, not the grid
