@@ -37,9 +37,10 @@ def test_grid_wall_time(benchmark, grid, tmp_path, _mlflow_template):
 
     from rich.console import Console
 
+    from bare_trials import run_plan
+
     from harness.bench import run_bench
     from harness.plan import prepare
-    from harness.runner import TrialContext, run_trial
 
     g, plugins = grid
     benchmark.group = "harness-overhead"
@@ -47,12 +48,7 @@ def test_grid_wall_time(benchmark, grid, tmp_path, _mlflow_template):
     rounds = iter(range(100))
 
     def bare():
-        plan = prepare(g, plugins, tmp_path, "cpu")
-        ctx = TrialContext(plan.data, plan.device)
-        for bound in plan.trials:
-            result = run_trial(bound, ctx)
-            assert result.passed, result.error
-            shutil.rmtree(result.artifacts_dir, ignore_errors=True)
+        run_plan(prepare(g, plugins, tmp_path, "cpu"))
 
     def bench():
         store = tmp_path / f"mlflow-{next(rounds)}.db"

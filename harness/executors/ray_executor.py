@@ -185,7 +185,7 @@ class RayExecutor:
                     "eval_mode": ctx.eval_mode, "checkpoint_dir": str(checkpoint_root())}
         lost = ""
         for attempt in range(self.retries + 1):
-            if attempt and getattr(ctx, "restart_stream", None):  # the result will hold this attempt's curves only
+            if attempt and ctx.restart_stream:  # the result will hold this attempt's curves only
                 ctx.restart_stream()
             try:
                 outcome = self._attempt(task, bound, ctx, settings)
@@ -318,16 +318,21 @@ def trial_task(trial: Any, settings: dict) -> Iterator:
             return
 
 
-def whole_trial_task(trial: Any, settings: dict, mailbox: Any = None, token: str = "") -> tuple:
+def whole_trial_task(trial: Any, settings: dict, mailbox: Any, token: str) -> tuple:
     """The task under Ray Client, which runs no generators: returns ("result", (TrialResult, files));
     its start and curve points go to ``mailbox`` as (token, kind, payload), the start at once and
     points in batches every ``POST_SECONDS``. Never raises."""
     out: list = []
-    poster = Poster(mailbox, token) if mailbox is not None else None
-    _run_here(trial, settings, lambda message: out.append(message) if message[0] == "result"
-              else poster.add(message) if poster is not None else None)
-    if poster is not None:
-        poster.close()
+    poster = Poster(mailbox, token)
+
+    def emit(message: tuple) -> None:
+        if message[0] == "result":
+            out.append(message)
+        else:
+            poster.add(message)
+
+    _run_here(trial, settings, emit)
+    poster.close()
     return out[-1]
 
 
