@@ -237,6 +237,7 @@ def _bench(grid: Grid, plan: Any, ctx: Any, executor: Any, tracking_uri: str | N
     from . import __version__
     from .data import device_name
     from .lifecycle import Heartbeat
+    from .lifecycle import sweep_trial_dirs
     from .progress import BenchProgress
     from .report import leaderboard, runs_frame, to_markdown
     from .runner import SKIPPED
@@ -250,6 +251,7 @@ def _bench(grid: Grid, plan: Any, ctx: Any, executor: Any, tracking_uri: str | N
         console.print(f"logged {synced} spooled trial(s) into {tracker.uri}", highlight=False)
     exp_id = tracker.experiment_id(grid.name)
     reaped = tracker.reap(exp_id)  # runs left RUNNING by a driver that died
+    sweep_trial_dirs()  # and the trial files such a driver left in the temporary directory
     if reaped:
         console.print(f"marked {reaped} run(s) KILLED whose driver had died", highlight=False)
     finished, legacy = tracker.finished_keys(exp_id) if resume else (set(), set())

@@ -8,6 +8,10 @@ than :data:`STALE_SECONDS` (another host, or a frozen process). ``harness bench`
 KILLED with their last heartbeat as end time before it starts, so nothing stays RUNNING forever and
 reports never count them.
 
+A finished trial's files wait in a temporary directory until the driver has logged them
+(:func:`trial_dir`); a process killed hard in between leaves it behind, and ``harness bench`` removes
+such directories of dead processes (:func:`sweep_trial_dirs`).
+
 A trial is **claimed** by the oldest live RUNNING run with its key: a driver creates its run first,
 then looks; if an older live run holds the key (or a FINISHED one exists), it deletes its own run
 and skips the trial. Two drivers on one store therefore never run a trial twice.
@@ -16,9 +20,12 @@ and skips the trial. Two drivers on one store therefore never run a trial twice.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 HOST, PID, HEARTBEAT = "driver.host", "driver.pid", "heartbeat"
@@ -43,6 +50,35 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # alive, owned by someone else
         return True
     return True
+
+
+TRIAL_DIR_PREFIX = "harness-trial-"
+ORPHAN_SECONDS = 3600.0  # a dead owner AND this old: a pid namespace sharing /tmp cannot fool the sweep
+
+
+def trial_dir() -> Path:
+    """A new temporary directory for one trial's files, named after this process
+    (``harness-trial-<pid>-*``) so that :func:`sweep_trial_dirs` can tell when its owner is gone."""
+    return Path(tempfile.mkdtemp(prefix=f"{TRIAL_DIR_PREFIX}{os.getpid()}-"))
+
+
+def sweep_trial_dirs(root: str | Path | None = None, now: float | None = None) -> int:
+    """Remove the trial directories (:func:`trial_dir`) whose process is gone and that are older
+    than :data:`ORPHAN_SECONDS`: what a driver or worker killed hard (kill -9, OOM) left behind.
+    Returns how many. Directories of live processes, and any other name, are never touched."""
+    root = Path(tempfile.gettempdir() if root is None else root)
+    now = time.time() if now is None else now
+    removed = 0
+    for path in root.glob(f"{TRIAL_DIR_PREFIX}*-*"):
+        pid = path.name[len(TRIAL_DIR_PREFIX):].split("-", 1)[0]
+        try:
+            old = now - path.stat().st_mtime > ORPHAN_SECONDS
+        except OSError:  # removed meanwhile
+            continue
+        if pid.isdigit() and old and path.is_dir() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def is_dead(run: Any, now: int | None = None) -> bool:

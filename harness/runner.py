@@ -12,7 +12,6 @@ import copy
 import json
 import math
 import shutil
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -295,9 +294,10 @@ def _random_baseline(bound: BoundTrial, recipe: Recipe, ctx: TrialContext, dset:
 
 def _write_artifacts(bound: BoundTrial, ctx: TrialContext, dset: Any) -> str:
     from .artifacts import write_figures
+    from .lifecycle import trial_dir
 
     trial, spec = bound.trial, bound.dataset
-    out = Path(tempfile.mkdtemp(prefix="harness-trial-"))
+    out = trial_dir()
     try:
         (out / "trial.json").write_text(json.dumps(
             {"trial": trial.label, "key": trial.key, "params": trial.params(),

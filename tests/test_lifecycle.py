@@ -7,6 +7,7 @@ only makes these tests slower.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -204,6 +205,30 @@ def test_no_temporary_directory_outlives_its_trial(tiny_plugins, tracking_uri, t
 
 
 # -- the pieces -----------------------------------------------------------------------------------
+def test_the_sweep_removes_only_old_trial_directories_of_dead_processes(tmp_path):
+    from harness.lifecycle import ORPHAN_SECONDS, sweep_trial_dirs, trial_dir
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead = int(gone.stdout)
+    made = {name: tmp_path / name for name in (f"harness-trial-{dead}-old", f"harness-trial-{dead}-new",
+                                               f"harness-trial-{os.getpid()}-mine", "harness-trial-nopid",
+                                               f"other-{dead}-old")}
+    for path in made.values():
+        path.mkdir()
+        (path / "distilled.safetensors").write_bytes(b"x")
+    now = time.time()
+    for name in (f"harness-trial-{dead}-old", f"harness-trial-{os.getpid()}-mine", "harness-trial-nopid",
+                 f"other-{dead}-old"):
+        os.utime(made[name], (now - ORPHAN_SECONDS - 60,) * 2)
+    assert sweep_trial_dirs(tmp_path, now=now) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(made) - {f"harness-trial-{dead}-old"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", str(tmp_path))
+        mine = trial_dir()
+    assert mine.parent == tmp_path and mine.name.startswith(f"harness-trial-{os.getpid()}-")
+
+
 def _run(tags: dict, start: int | None = None):
     return SimpleNamespace(data=SimpleNamespace(tags=tags), info=SimpleNamespace(start_time=start, run_id="r"))
 
@@ -323,7 +348,9 @@ if os.environ.get("HARNESS_TEST_SLOW_LOGGING"):  # fault injection for tests/tes
 def test_a_driver_stopped_anywhere_loses_nothing_and_the_rerun_counts_each_trial_once(
         tmp_path, tracking_uri, tests_plugin_env, sig, point):
     grid = write_grid(tmp_path, steps=50, seconds=0.02, seeds=[0, 1])
-    env = dict(tests_plugin_env)
+    scratch = tmp_path / "tmp"  # the drivers' temporary directory: what a killed one leaves is seen here
+    scratch.mkdir()
+    env = {**tests_plugin_env, "TMPDIR": str(scratch)}
     marker = tmp_path / "logging-started"
     if point == "inside-logging":  # a sitecustomize that makes the first trial's logging hang
         hooks = tmp_path / "hooks"
@@ -344,10 +371,19 @@ def test_a_driver_stopped_anywhere_loses_nothing_and_the_rerun_counts_each_trial
     finished_before = {r.data.tags["trial_key"] for r in all_runs(tracking_uri)
                        if r.info.status == "FINISHED" and r.data.tags["run_kind"] == "trial"}
     rerun = subprocess.run([sys.executable, "-m", "harness", "bench", str(grid), "--tracking-uri", tracking_uri],
-                           cwd=tmp_path, env={**os.environ, **tests_plugin_env}, capture_output=True, text=True,
-                           timeout=600)
+                           cwd=tmp_path, env={**os.environ, **env, "PYTHONPATH": tests_plugin_env["PYTHONPATH"]},
+                           capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"2 trials, {len(finished_before)} already finished" in rerun.stdout  # nothing finished is recomputed
+    # a driver killed while logging leaves its trial's files; the sweep of a later bench removes them
+    # once they are old (here: as if an hour had passed), and nothing else ever stays behind
+    from harness.lifecycle import ORPHAN_SECONDS, sweep_trial_dirs
+
+    left = list(scratch.glob("harness-trial-*"))
+    assert len(left) == (1 if (point, sig) == ("inside-logging", signal.SIGKILL) else 0), left
+    assert left == [] or left[0].name.startswith(f"harness-trial-{proc.pid}-")
+    assert sweep_trial_dirs(scratch, now=time.time() + ORPHAN_SECONDS + 60) == len(left)
+    assert not list(scratch.glob("harness-trial-*"))
     runs = all_runs(tracking_uri)
     assert not [r for r in runs if r.info.status == "RUNNING"]
     finished = [r.data.tags["trial_key"] for r in runs if r.info.status == "FINISHED" and r.data.tags["run_kind"] == "trial"]
@@ -398,6 +434,7 @@ def test_a_trial_interrupted_while_evaluated_resumes_at_evaluation(tmp_path, mon
     monkeypatch.setattr(runner, "_evaluate_all", evaluate_all)
     monkeypatch.setattr(bound.distiller, "distill", lambda self, task: pytest.fail("distilled again"))
     result = runner.run_trial(bound, ctx)
+    shutil.rmtree(result.artifacts_dir)  # the driver's finish() would remove them
     assert result.passed, result.error
     assert result.metrics["n_distilled"] == first_set.n and "acc_mean" in result.metrics
     assert not (tmp_path / "ck" / bound.trial.key).exists()  # gone once the trial ended

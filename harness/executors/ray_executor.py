@@ -32,7 +32,6 @@ import logging
 import os
 import queue as queue_module
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import ConfigError, one_line
+from ..lifecycle import trial_dir
 from .process import relay
 
 FORWARDED_ENV = ("PYTHONPATH",)  # with every HARNESS_* variable: the tasks see what the driver sees
@@ -292,7 +292,7 @@ def pack(directory: str | None) -> dict[str, bytes]:
 def unpack(files: dict[str, bytes]) -> str | None:
     if not files:
         return None
-    root = Path(tempfile.mkdtemp(prefix="harness-trial-"))
+    root = trial_dir()
     for name, content in files.items():
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
