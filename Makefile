@@ -23,9 +23,10 @@ bench: $(STAMP)
 	$(VENV)/bin/harness bench benchmarks/grids/quick.toml
 
 # one worker per core (pytest-xdist); each worker runs torch on one thread (tests/conftest.py);
-# loadgroup keeps the Ray tests, which share one local cluster, in one worker
+# loadgroup keeps the Ray tests, which share one local cluster, in one worker; the 15 slowest tests are
+# listed at the end, so a slow test shows in every CI log
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n auto --dist loadgroup
+	$(VENV)/bin/python -m pytest -q -n auto --dist loadgroup --durations=15
 
 perf: $(STAMP)
 	mkdir -p results/perf
