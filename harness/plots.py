@@ -67,7 +67,7 @@ def _vs_budget(plt: Any, dataset: str, rows: Any) -> Any:
     if rows.empty:
         return None
     rows, recipe = _main_recipe(rows)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(9, 4), layout="constrained")
     for _, group in rows.assign(label=rows.apply(_label, axis=1)).groupby("label"):
         group = group.assign(ipc=group["budget"].str.extract(IPC, expand=False).astype(int)).sort_values("ipc")
         std = group["acc_std"].fillna(0.0)
@@ -82,7 +82,7 @@ def _cost_frontier(plt: Any, dataset: str, rows: Any) -> Any:
     if rows.empty:
         return None
     rows, recipe = _main_recipe(rows)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(9, 4), layout="constrained")
     for _, group in rows.assign(label=rows.apply(_label, axis=1)).groupby("label"):
         ax.scatter(group["distill_s"].clip(lower=0.01), group["acc_mean"], label=group["label"].iloc[0])
         for _, r in group.iterrows():
@@ -96,8 +96,8 @@ def _finish(fig: Any, ax: Any, xlabel: str, title: str) -> Any:
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    if ax.get_legend_handles_labels()[0]:  # beside the axes: inside, it hides the points it names
+        fig.legend(fontsize=7, loc="outside right upper")
     return fig
 
 
