@@ -52,6 +52,20 @@ def _label(row: Any) -> str:
     return f"{row['distiller']} ({variant})" if isinstance(variant, str) and variant else str(row["distiller"])
 
 
+def _line_labels(rows: Any) -> Any:
+    """One label per row, naming the line it belongs to: a distiller whose budgets each ran with one
+    configuration is one line, also when the grid set other settings per budget (say, fewer
+    iterations at the larger budget: "dc (settings per budget)"); configurations that share a budget
+    stay apart, each named by its variant."""
+    labels = rows.apply(_label, axis=1)
+    for _, group in rows.groupby("distiller"):
+        variants = group["variant"].fillna("") if "variant" in group else None
+        if variants is None or variants.nunique() < 2 or group.groupby("budget")["variant"].nunique().max() > 1:
+            continue
+        labels[group.index] = f"{group['distiller'].iloc[0]} (settings per budget)"
+    return labels
+
+
 def _main_recipe(rows: Any) -> Any:
     """The rows of the most common recipe (a plot compares like with like); on a tie the shared DC
     protocol (``/sgd``) before the others, then by name."""
@@ -68,7 +82,7 @@ def _vs_budget(plt: Any, dataset: str, rows: Any) -> Any:
         return None
     rows, recipe = _main_recipe(rows)
     fig, ax = plt.subplots(figsize=(9, 4), layout="constrained")
-    for _, group in rows.assign(label=rows.apply(_label, axis=1)).groupby("label"):
+    for _, group in rows.assign(label=_line_labels(rows)).groupby("label"):
         group = group.assign(ipc=group["budget"].str.extract(IPC, expand=False).astype(int)).sort_values("ipc")
         std = group["acc_std"].fillna(0.0)
         ax.plot(group["ipc"], group["acc_mean"], marker="o", label=group["label"].iloc[0])
@@ -83,7 +97,7 @@ def _cost_frontier(plt: Any, dataset: str, rows: Any) -> Any:
         return None
     rows, recipe = _main_recipe(rows)
     fig, ax = plt.subplots(figsize=(9, 4), layout="constrained")
-    for _, group in rows.assign(label=rows.apply(_label, axis=1)).groupby("label"):
+    for _, group in rows.assign(label=_line_labels(rows)).groupby("label"):
         ax.scatter(group["distill_s"].clip(lower=0.01), group["acc_mean"], label=group["label"].iloc[0])
         for _, r in group.iterrows():
             ax.annotate(str(r["budget"]), (max(r["distill_s"], 0.01), r["acc_mean"]), fontsize=7)

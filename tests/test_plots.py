@@ -50,3 +50,22 @@ def test_on_a_recipe_tie_plots_show_the_shared_dc_protocol():
 
     rows = pd.DataFrame({"recipe": ["a/ld-protocol", "a/sgd", "a/ld-protocol", "a/sgd"]})
     assert _main_recipe(rows)[1] == "a/sgd"
+
+
+def test_a_distiller_with_settings_per_budget_is_one_line_and_variants_sharing_a_budget_stay_apart():
+    import matplotlib.pyplot as plt
+
+    from harness.plots import _line_labels
+
+    rows = pd.DataFrame({"distiller": ["dc", "dc", "sldd", "sldd", "sldd", "dm"],
+                         "variant": ["iterations=20", "iterations=1", "init=fixed", "init=random", "init=random", ""],
+                         "budget": ["ipc=1", "ipc=10", "ipc=1", "ipc=1", "ipc=10", "ipc=1"]})
+    assert list(_line_labels(rows)) == ["dc (settings per budget)", "dc (settings per budget)", "sldd (init=fixed)",
+                                        "sldd (init=random)", "sldd (init=random)", "dm"]
+    b = board()
+    b.loc[b["distiller"] == "dm", "variant"] = b.loc[b["distiller"] == "dm", "budget"].map(
+        {"ipc=1": "iterations=20", "ipc=10": "iterations=1"})
+    figure = make_plots(b)["d-accuracy-vs-budget.png"]
+    lines = {line.get_label(): len(line.get_xdata()) for line in figure.axes[0].get_lines()}
+    assert lines == {"dm (settings per budget)": 2, "random": 2}
+    plt.close("all")
