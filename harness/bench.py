@@ -236,8 +236,7 @@ def _bench(grid: Grid, plan: Any, ctx: Any, executor: Any, tracking_uri: str | N
 
     from . import __version__
     from .data import device_name
-    from .lifecycle import Heartbeat
-    from .lifecycle import sweep_trial_dirs
+    from .lifecycle import Heartbeat, sweep_trial_dirs
     from .progress import BenchProgress
     from .report import leaderboard, runs_frame, to_markdown
     from .runner import SKIPPED
