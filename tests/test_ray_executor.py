@@ -141,8 +141,11 @@ def running_cluster(tmp_path):
 
     gcs, client, first_worker = free_port(), free_port(), 30000 + os.getpid() % 20000
     temp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # Ray's socket paths must stay short
-    # a loaded machine starts the head's per-client Ray Client server slowly (its default wait: 30 s)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "300"}
+    # a loaded machine starts the head's per-client Ray Client server slowly (its default wait: 30 s,
+    # too short here). Not much longer either: when that server fails at once (it does, now and then,
+    # under load), Ray's client only gives up after this wait (its log stream hangs until then),
+    # and the executor's second attempt follows; 300 s made such a run take over 6 minutes
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "90"}
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(gcs),
          "--ray-client-server-port", str(client), "--min-worker-port", str(first_worker),
