@@ -58,11 +58,11 @@ def _line_labels(rows: Any) -> Any:
     iterations at the larger budget: "dc (settings per budget)"); configurations that share a budget
     stay apart, each named by its variant."""
     labels = rows.apply(_label, axis=1)
-    for _, group in rows.groupby("distiller"):
-        variants = group["variant"].fillna("") if "variant" in group else None
-        if variants is None or variants.nunique() < 2 or group.groupby("budget")["variant"].nunique().max() > 1:
-            continue
-        labels[group.index] = f"{group['distiller'].iloc[0]} (settings per budget)"
+    if "variant" not in rows:
+        return labels
+    for distiller, group in rows.assign(variant=rows["variant"].fillna("")).groupby("distiller"):
+        if group["variant"].nunique() > 1 and group.groupby("budget")["variant"].nunique().max() == 1:
+            labels[group.index] = f"{distiller} (settings per budget)"
     return labels
 
 

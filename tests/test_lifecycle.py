@@ -371,7 +371,7 @@ def test_a_driver_stopped_anywhere_loses_nothing_and_the_rerun_counts_each_trial
     finished_before = {r.data.tags["trial_key"] for r in all_runs(tracking_uri)
                        if r.info.status == "FINISHED" and r.data.tags["run_kind"] == "trial"}
     rerun = subprocess.run([sys.executable, "-m", "harness", "bench", str(grid), "--tracking-uri", tracking_uri],
-                           cwd=tmp_path, env={**os.environ, **env, "PYTHONPATH": tests_plugin_env["PYTHONPATH"]},
+                           cwd=tmp_path, env={**os.environ, **tests_plugin_env, "TMPDIR": str(scratch)},
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"2 trials, {len(finished_before)} already finished" in rerun.stdout  # nothing finished is recomputed
