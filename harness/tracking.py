@@ -392,10 +392,23 @@ class Tracker:
     def system_metrics(self, run_id: str) -> Any:
         """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU with pynvml) logging
         ``system/*`` into ``run_id`` every 10 s (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``) until
-        ``.finish()``; started here."""
+        ``.finish()``, which logs one sample if none was logged yet (a bench shorter than the
+        interval, or a monitor thread starved on a busy machine); started here."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(run_id, samples_before_logging=1, tracking_uri=self.uri)
+        class Monitor(SystemMetricsMonitor):
+            def finish(self) -> None:
+                """Stop; a bench that ended before the first interval still gets one sample."""
+                super().finish()
+                if getattr(self, "_logging_step", 1) == 0:
+                    try:
+                        self.collect_metrics()
+                        self.publish_metrics(self.aggregate_metrics())
+                        self.mlflow_logger.flush()
+                    except Exception:  # noqa: BLE001 - system metrics are informational
+                        pass
+
+        monitor = Monitor(run_id, samples_before_logging=1, tracking_uri=self.uri)
         monitor.start()
         return monitor
 

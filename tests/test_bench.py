@@ -521,6 +521,18 @@ def test_experiments_are_tagged_to_open_on_runs_in_the_mlflow_ui(tracking_uri):
     assert tags == {new: "custom_model_development", older: "custom_model_development", chosen: "genai_development"}
 
 
+def test_a_bench_shorter_than_the_sampling_interval_still_gets_system_metrics(tracking_uri, monkeypatch):
+    """MLflow's monitor logs after its first interval only: a bench that ends sooner (or whose
+    monitor thread a busy machine starves) would have none; the harness logs one sample at the end."""
+    from harness.tracking import Tracker
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "3600")
+    tracker = Tracker(tracking_uri)
+    parent = tracker.start_bench(tracker.experiment_id("short"), "bench/short", {}, {})
+    tracker.system_metrics(parent).finish()
+    assert "system/cpu_utilization_percentage" in tracker.client.get_run(parent).data.metrics
+
+
 def test_mlflow_sees_datasets_the_grid_a_description_and_system_metrics(tracking_uri, tmp_path, monkeypatch):
     """What MLflow users look for: each trial's datasets as inputs (fingerprint as digest, role as
     context), the resolved grid and a description on the parent, system metrics when asked."""

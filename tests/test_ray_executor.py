@@ -77,8 +77,8 @@ def test_a_ray_trial_whose_worker_dies_or_hangs_fails_alone(ray_cluster, tmp_pat
            "grid": [{"distiller": ["dies", "hangs", "random"], "dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [1]}],
            "eval": {"models": 1, "epochs": 2}}
     outcome = run_bench(build_grid(doc, plugins), plugins, tracking_uri=tracking_uri, data_dir=tmp_path)
-    assert (outcome.passed, outcome.failed) == (1, 2)
     runs = accuracies(tracking_uri, "faults")
+    assert (outcome.passed, outcome.failed) == (1, 2), runs  # each run's status and error, should it fail
     status, _, error = runs["dies/tiny/tiny-mlp/ipc1/seed0"]
     assert status == "FAILED" and error.startswith("WorkerDied: ") and error.endswith("(after 1 retry)"), error
     assert runs["hangs/tiny/tiny-mlp/ipc1/seed0"][::2] == ("FAILED", "TrialTimeout: timeout: the trial ran past "

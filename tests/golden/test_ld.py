@@ -13,6 +13,7 @@ validation models (``train_on_labels`` / ``train_rr_on_labels``) with the code's
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -146,7 +147,10 @@ def test_ld_rr_outer_steps_match_the_code():
             m = rr_outer_step(state, base_x, bi, t["target_x"][s].double(), t["target_y"][s], cfg)
             diffs[f"outer_loss.{s + 1}"] = abs(m["loss"] - float(t[f"outer_loss.{s + 1}"]))
             diffs[f"base_loss.{s + 1}"] = abs(m["base_loss"] - float(t[f"base_loss.{s + 1}"]))
-            assert m["target_err"] == pytest.approx(float(t[f"target_err.{s + 1}"]), abs=1e-12)
+            # uniform labels tie every class's logit in exact arithmetic (outer loss = ln 10), so the
+            # argmax there is rounding noise (it differs between Intel and AMD CPUs): compared elsewhere
+            if abs(float(t[f"outer_loss.{s + 1}"]) - math.log(10)) > 1e-12:
+                assert m["target_err"] == pytest.approx(float(t[f"target_err.{s + 1}"]), abs=1e-12)
             if s + 1 in (1, 3):
                 diffs[f"labels.{s + 1}"] = max_diff(state.labels.detach(), t[f"labels.{s + 1}"])
                 diffs[f"classifier.{s + 1}"] = max_diff(state.model.w_global, t[f"classifier.{s + 1}"])
