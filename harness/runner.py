@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from .allocator import keep_freed_memory, release_freed_memory
 from .errors import TrialError
 from .plan import BoundTrial
 from .trial import Recipe, Trial, derive_seed
@@ -108,6 +109,9 @@ def run_trial(bound: BoundTrial, ctx: TrialContext) -> TrialResult:
     trial = bound.trial
     result = TrialResult(trial, PASSED)
     result.tags = {"device": device_name(ctx.device), "torch_version": torch.__version__}
+    if keep_freed_memory():  # freed blocks stay in the heap during the trial (speed), not across trials
+        release_freed_memory()
+        result.tags["malloc"] = "freed blocks kept"
     progress = ctx.progress
     if progress:
         progress.trial_started(trial)

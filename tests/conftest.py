@@ -14,6 +14,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per cor
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported (by tests and subprocesses)
 sys.path.insert(0, str(Path(__file__).parent))  # tests/plugins_for_tests.py
 
+from harness.allocator import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as every trial process does (harness.runner.run_trial), from the first test on
+
 
 @pytest.fixture(scope="session")
 def mlflow_template(tmp_path_factory) -> Path:

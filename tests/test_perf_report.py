@@ -58,3 +58,14 @@ def test_ratios_and_verdicts_come_from_the_one_run():
     assert "| ld | 400.0 ms | 100.0 ms | 0.25 | ≤ 0.5 | met |" in md
     assert "| ld-rr | 400.0 ms | 300.0 ms | 0.75 | ≤ 0.5 | **missed** |" in md
     assert "sldd |" not in md  # not measured: no row, no invented number
+
+
+def test_side_by_side_under_both_allocator_settings_judges_ours_against_theirs_as_shipped():
+    side = {"allocator": "both", "median": {"default:ld/theirs": 0.4, "default:ld/ours": 0.3, "kept:ld/theirs": 0.3,
+                                            "kept:ld/ours": 0.18},
+            "setting": {"dataset": "d", "arch": "lenet", "base_images": 100, "base_batch": 50, "target_batch": 1024,
+                        "threads": 1, "theirs": "t", "ours": "o"},
+            "reference": {"ld": "ref"}, "when": "w", "seconds_per_step": {"kept:ld/ours": [0.1, 0.2, 0.3]}}
+    md = "\n".join(load_report()._side_by_side(side))
+    assert "| ld | 400.0 ms | 180.0 ms | 0.45 | ≤ 0.5 | met | 300.0 ms | 0.60 | 0.75 |" in md
+    assert "Medians over 3 rounds." in md and "ld-rr |" not in md

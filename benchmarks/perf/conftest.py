@@ -2,6 +2,10 @@ import shutil
 
 import pytest
 
+from harness.allocator import keep_freed_memory
+
+keep_freed_memory()  # what every trial process of the harness does (run_trial): time that, not glibc's default
+
 
 @pytest.fixture(scope="session")
 def _mlflow_template(tmp_path_factory):

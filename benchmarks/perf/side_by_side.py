@@ -24,6 +24,13 @@ real batch 1,024.
 
 Rounds alternate theirs / ours so both see the same machine load; the JSON keeps every round and
 the report (benchmarks/perf/report.py) shows medians and ours / theirs.
+
+Allocator (:mod:`harness.allocator`): the harness keeps freed blocks in the C heap of a trial
+process; the authors' code runs with glibc's default, which maps and zeroes every large activation
+again each step. Each round therefore runs two child processes, one per setting, each timing both
+codes: ``default`` (the codes as they run on their own: "theirs as shipped") and ``kept`` (the
+harness's setting, applied to their code too). ``--allocator default|kept`` runs one setting in
+this process only.
 """
 
 from __future__ import annotations
@@ -166,7 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "perf" / "side-by-side.json")
+    parser.add_argument("--allocator", choices=("both", "default", "kept"), default="both",
+                        help="both (default): each round one child process per setting; else this process only")
     a = parser.parse_args(argv)
+    if a.allocator == "both":
+        return both_allocators(a, argv if argv is not None else sys.argv[1:])
+    if a.allocator == "kept":
+        from harness.allocator import keep_freed_memory
+
+        if not keep_freed_memory():
+            raise SystemExit("--allocator kept needs glibc (Linux) and HARNESS_MALLOC unset")
     torch.set_num_threads(a.threads)
     torch.set_default_dtype(torch.float32)
     sys.path.insert(0, str(REPO / "tests" / "golden" / "drivers"))
@@ -227,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                             "sldd": "ilia10000/dataset-distillation 2856332: train_distilled_image.Trainer "
                                     "(forward, backward, accumulate_grad, optimizer.step)"},
               "machine": {"node": platform.node(), "cpus": torch.get_num_threads(), "torch": torch.__version__},
+              "allocator": a.allocator,
               "seconds_per_step": rounds,
               "median": {k: statistics.median(v) for k, v in rounds.items()},
               "when": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())}
@@ -235,6 +252,42 @@ def main(argv: list[str] | None = None) -> int:
     for name, _, _ in cases:
         med = result["median"]
         print(f"{name}: ours / theirs = {med[f'{name}/ours'] / med[f'{name}/theirs']:.2f}")
+    print(f"wrote {a.out}")
+    return 0
+
+
+def both_allocators(a: argparse.Namespace, argv: list[str]) -> int:
+    """Each round: one child process per allocator setting (order alternating), each a warm-up round
+    and one timed round of both codes; their rounds merged into one JSON, keyed ``<setting>:<case>``."""
+    import os
+    import subprocess
+    import tempfile
+
+    passed = [arg for i, arg in enumerate(argv) if not (arg.startswith(("--rounds", "--out", "--allocator"))
+                                                        or (i and argv[i - 1] in ("--rounds", "--out", "--allocator")))]
+    merged: dict | None = None
+    for r in range(a.rounds):
+        for setting in (("default", "kept") if r % 2 == 0 else ("kept", "default")):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "round.json"
+                env = {k: v for k, v in os.environ.items() if k != "HARNESS_MALLOC"}
+                subprocess.run([sys.executable, __file__, *passed, "--rounds", "1", "--allocator", setting,
+                                "--out", str(out)], check=True, env=env)
+                child = json.loads(out.read_text())
+            if merged is None:
+                merged = {**child, "allocator": "both", "seconds_per_step": {}}
+            for key, values in child["seconds_per_step"].items():
+                merged["seconds_per_step"].setdefault(f"{setting}:{key}", []).extend(values)
+    assert merged is not None
+    merged["median"] = {k: statistics.median(v) for k, v in merged["seconds_per_step"].items()}
+    merged["when"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(merged, indent=2))
+    med = merged["median"]
+    for name in sorted({k.split(":", 1)[1].split("/")[0] for k in med}):
+        print(f"{name}: ours (kept) / theirs (as shipped) = {med[f'kept:{name}/ours'] / med[f'default:{name}/theirs']:.2f}; "
+              f"same allocator: {med[f'kept:{name}/ours'] / med[f'kept:{name}/theirs']:.2f} (kept), "
+              f"{med[f'default:{name}/ours'] / med[f'default:{name}/theirs']:.2f} (default)")
     print(f"wrote {a.out}")
     return 0
 
