@@ -143,7 +143,8 @@ def render(data: dict, side: dict | None = None) -> str:
                     f"(benchmarks/perf/test_harness_overhead.py; medians of {len(info['bare'])} rounds).", "",
                     "| bare trials | bench | overhead | target | |", "|---|---|---|---|---|",
                     f"| {_fmt(bare)} | {_fmt(bench)} | {over:+.1%} | ≤ 3% | {_verdict(over <= 0.03)} |", "",
-                    "A negative overhead is noise: the difference is below what this machine resolves.", ""]
+                    "A negative overhead is noise: the difference is below what this machine resolves.", "",
+                    *([info["note"], ""] if info.get("note") else [])]
 
     if "executors" in groups:
         info = next(iter(groups["executors"].values())).get("extra_info", {})
