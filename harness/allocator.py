@@ -3,13 +3,15 @@
 By default glibc's malloc serves every block above its mmap threshold (128 KiB, raised on the fly up
 to 32 MiB) with a fresh ``mmap`` and gives it back to the kernel on ``free``. A training step frees
 and re-allocates the same activation buffers every step, so on CPU each step pays the kernel to map
-and zero those pages again: measured here on LD's outer step (LeNet, 1,024 target images, one
-thread) 233 ms by default, 132 ms with freed blocks kept; ConvNet-3 has the same overhead (see
-``results/perf.md``). :func:`keep_freed_memory` keeps them (mmap threshold 1 GiB, heap trimmed only
-above 2 GiB), as PyTorch's CUDA caching allocator does on the GPU; :func:`release_freed_memory`
-gives what a trial left back to the kernel before the next one starts, so each trial's peak RSS is
-its own. Results are unchanged (the same arithmetic on the same values); only time and the
-process's resident memory between steps differ.
+and zero those pages again. Measured here (one thread): LD's outer step (LeNet, 1,024 target
+images) 233 ms by default, 132 ms with freed blocks kept; ConvNet-3 (width 128) trained 1.3-1.45x
+faster. benchmarks/perf/side_by_side.py times the authors' code under both settings.
+
+:func:`keep_freed_memory` keeps them (mmap threshold 1 GiB, heap trimmed only above 2 GiB), as
+PyTorch's CUDA caching allocator does on the GPU; :func:`release_freed_memory` gives what a trial
+left back to the kernel before the next one starts, so each trial's peak RSS is its own. Results
+are unchanged (the same arithmetic on the same values); only time and the process's resident
+memory between steps differ.
 
 ``HARNESS_MALLOC=default`` leaves glibc's behaviour as it is. Other C libraries (musl, macOS) are
 left alone.
