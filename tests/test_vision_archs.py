@@ -207,3 +207,42 @@ def test_plain_sgd_training_then_eval(vision_archs):
 def test_plugin_module_does_not_import_torch():
     code = "import sys, harness_vision.plugin; sys.exit(3 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+@pytest.mark.parametrize("shape", [(256, 128, 32, 32), (4, 64, 64, 64), (128, 64, 16, 16)])
+def test_convnet_pooling_is_the_kernels_average_pool_bit_for_bit(shape):
+    """AvgPool2x2 (ConvNet's pooling) takes its strided-view path on these maps and gives exactly
+    F.avg_pool2d's values, gradients and second-order gradients."""
+    from harness_vision.pooling import MIN_VALUES, _AvgPool2x2, avg_pool_2x2
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    assert x.numel() >= MIN_VALUES
+    ours, kernel = avg_pool_2x2(x), F.avg_pool2d(x, 2)
+    assert ours.grad_fn.name().startswith(_AvgPool2x2.__name__) and torch.equal(ours, kernel)
+    g = torch.randn_like(kernel)
+    assert torch.equal(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(kernel, x, g)[0])
+    w = torch.randn(shape[1], 1, 1, requires_grad=True)  # second order, as gradient matching takes it
+
+    def second(pool):
+        (gx,) = torch.autograd.grad(pool(x * w).pow(2).sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum(), w)[0]
+
+    assert torch.equal(second(avg_pool_2x2), second(lambda t: F.avg_pool2d(t, 2)))
+
+
+def test_convnet_pooling_under_vmap_and_its_fallbacks():
+    from torch.func import grad, vmap
+
+    from harness_vision.pooling import AvgPool2x2, _AvgPool2x2, avg_pool_2x2
+
+    xs = torch.randn(3, 64, 16, 32, 32)  # 3 stacked batches, each past the strided-view threshold
+    assert torch.equal(vmap(avg_pool_2x2)(xs), vmap(lambda t: F.avg_pool2d(t, 2))(xs))
+    assert torch.equal(vmap(grad(lambda t: avg_pool_2x2(t).pow(2).sum()))(xs),
+                       vmap(grad(lambda t: F.avg_pool2d(t, 2).pow(2).sum()))(xs))
+    for small_or_odd in (torch.randn(2, 3, 8, 8), torch.randn(64, 128, 33, 33)):  # PyTorch's kernel
+        pooled = avg_pool_2x2(small_or_odd.requires_grad_())
+        assert pooled.grad_fn.name() == "AvgPool2DBackward0" and torch.equal(pooled, F.avg_pool2d(small_or_odd, 2))
+    x64 = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(_AvgPool2x2.apply, (x64,))
+    pool = AvgPool2x2()
+    assert isinstance(pool, nn.AvgPool2d) and (pool.kernel_size, pool.stride) == (2, 2) and not pool.state_dict()

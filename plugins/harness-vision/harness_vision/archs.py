@@ -83,10 +83,13 @@ def build_convnet(input_shape, num_classes, width: int = 128, depth: int = 3, no
 
     ``norm``: "instancenorm" (GroupNorm(width, width) with affine parameters, DC's default),
     "batchnorm" (DC's ConvNetBN) or "none" (DC's ConvNetNN). The depth shrinks for small inputs so
-    that the feature map never pools below 1x1 (8x8 digits: at most depth 3).
+    that the feature map never pools below 1x1 (8x8 digits: at most depth 3). The pooling is
+    :class:`~harness_vision.pooling.AvgPool2x2`: DC's ``nn.AvgPool2d(2, 2)``, bit for bit, faster on CPU.
     """
     import torch
     from torch import nn
+
+    from .pooling import AvgPool2x2
 
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; use one of {NORMS}")
@@ -98,7 +101,7 @@ def build_convnet(input_shape, num_classes, width: int = 128, depth: int = 3, no
         layers += [nn.Conv2d(c, width, 3, padding=pad_first if d == 0 else 1)]
         if norm != "none":
             layers += [make_norm(norm, width)]
-        layers += [nn.ReLU(inplace=True), nn.AvgPool2d(2, 2)]
+        layers += [nn.ReLU(inplace=True), AvgPool2x2()]  # nn.AvgPool2d(2, 2), bit for bit, faster on CPU
         c = width
     features = nn.Sequential(*layers)
     with torch.no_grad():
