@@ -41,21 +41,26 @@ print(kept, digest.hexdigest())
 """
 
 
-def run(env_value: str | None) -> tuple[str, str]:
+def start(env_value: str | None) -> subprocess.Popen:
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "HARNESS_MALLOC"}
     if env_value is not None:
         env["HARNESS_MALLOC"] = env_value
-    out = subprocess.run([sys.executable, "-c", TRIAL], env=env, capture_output=True, text=True, check=True)
-    kept, digest = out.stdout.split()
+    return subprocess.Popen([sys.executable, "-c", TRIAL], env=env, stdout=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[str, str]:
+    out, _ = proc.communicate()
+    assert proc.returncode == 0
+    kept, digest = out.split()
     return kept, digest
 
 
 @pytest.mark.skipif(not GLIBC, reason="the setting is glibc's (mallopt); elsewhere the allocator is left alone")
 def test_freed_blocks_are_kept_unless_switched_off_and_results_are_bit_identical():
-    kept, digest = run(None)
-    default, same = run("default")
+    both = start(None), start("default")  # at once: each is a fresh process
+    (kept, digest), (default, same) = map(finish, both)
     assert (kept, default) == ("True", "False")
     assert digest == same  # same arithmetic on the same values: the bytes of labels and weights agree
 
