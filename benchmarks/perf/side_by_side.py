@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="both (default): each round one child process per setting; else this process only")
     a = parser.parse_args(argv)
     if a.allocator == "both":
-        return both_allocators(a, argv if argv is not None else sys.argv[1:])
+        return both_allocators(a)
     if a.allocator == "kept":
         from harness.allocator import keep_freed_memory
 
@@ -256,15 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def both_allocators(a: argparse.Namespace, argv: list[str]) -> int:
+def both_allocators(a: argparse.Namespace) -> int:
     """Each round: one child process per allocator setting (order alternating), each a warm-up round
     and one timed round of both codes; their rounds merged into one JSON, keyed ``<setting>:<case>``."""
     import os
     import subprocess
     import tempfile
 
-    passed = [arg for i, arg in enumerate(argv) if not (arg.startswith(("--rounds", "--out", "--allocator"))
-                                                        or (i and argv[i - 1] in ("--rounds", "--out", "--allocator")))]
+    passed = ["--ld", str(a.ld), "--scratch", str(a.scratch), "--threads", str(a.threads),
+              *(["--sldd", str(a.sldd)] if a.sldd is not None else [])]
     merged: dict | None = None
     for r in range(a.rounds):
         for setting in (("default", "kept") if r % 2 == 0 else ("kept", "default")):
