@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt $(addsuffix /pyproject.toml,$(PLUGINS))
 bench: $(STAMP)
 	$(VENV)/bin/harness bench benchmarks/grids/quick.toml
 
-# one worker per core (pytest-xdist); each worker runs torch on one thread (tests/conftest.py);
+# two workers per core (pytest-xdist, tests/conftest.py); each worker runs torch on one thread;
 # loadgroup keeps the Ray tests, which share one local cluster, in one worker; the 15 slowest tests are
 # listed at the end, so a slow test shows in every CI log
 test: $(STAMP)

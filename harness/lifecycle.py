@@ -12,9 +12,15 @@ A finished trial's files wait in a temporary directory until the driver has logg
 (:func:`trial_dir`); a process killed hard in between leaves it behind, and ``harness bench`` removes
 such directories of dead processes (:func:`sweep_trial_dirs`).
 
-A trial is **claimed** by the oldest live RUNNING run with its key: a driver creates its run first,
-then looks; if an older live run holds the key (or a FINISHED one exists), it deletes its own run
-and skips the trial. Two drivers on one store therefore never run a trial twice.
+A trial is **claimed** in two phases, so two drivers on one store never run it twice. A driver
+creates its run first (tag ``claim = pending``), then looks at the other runs with the trial's key:
+a FINISHED one, a live one that has won its claim, or an older live pending one (by
+:func:`claim_order`) makes it delete its own run and skip the trial. Otherwise it marks its run
+``claim = won`` and looks again; if another live run has won meanwhile, it withdraws (back to
+``pending``) and tries again after a random wait. Start times alone cannot decide: a run's start time
+is taken before the store sees the run, so a driver that stalls in between looks older to a rival
+that has already checked without seeing it (a trial ran twice that way, under load). Whichever of
+two drivers marks ``won`` last sees the other's mark, so at most one of them goes on.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 HOST, PID, HEARTBEAT = "driver.host", "driver.pid", "heartbeat"
+CLAIM, PENDING, WON = "claim", "pending", "won"  # the claim's phase, a tag of every trial run
+CLAIM_ATTEMPTS = 8  # withdrawals after a tie before a driver leaves the trial to its rival
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 15 * 60.0  # generous: a loaded machine may delay a heartbeat by minutes
 
@@ -101,8 +109,13 @@ def last_alive_ms(run: Any) -> int:
 
 
 def claim_order(run: Any) -> tuple[int, str]:
-    """Older claims win; the run id breaks ties the same way for every driver."""
+    """Older claims go first; the run id breaks ties the same way for every driver."""
     return (int(run.info.start_time or 0), run.info.run_id)
+
+
+def has_won(run: Any) -> bool:
+    """Whether a live RUNNING run holds its trial: it won its claim, or it predates claim phases."""
+    return run.data.tags.get(CLAIM, WON) != PENDING
 
 
 class Heartbeat:

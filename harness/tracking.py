@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import HarnessError, one_line
-from .lifecycle import HEARTBEAT, claim_order, driver_tags, env_seconds, is_dead, last_alive_ms, now_ms
+from .lifecycle import (CLAIM, CLAIM_ATTEMPTS, HEARTBEAT, PENDING, WON, claim_order, driver_tags, env_seconds,
+                        has_won, is_dead, last_alive_ms, now_ms)
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 RUN_KIND, TRIAL_KEY, GRID_KEY = "run_kind", "trial_key", "grid_key"
@@ -242,7 +243,7 @@ class Tracker:
         """The trial's child run, created when the trial starts: RUNNING, its params logged, owned by
         this driver. ``cfg_fields``: every Config field in the grid; fields this distiller lacks are
         logged as "-" so all children share the same param keys (the trial's recipe runs too)."""
-        tags = {RUN_KIND: "trial", TRIAL_KEY: trial.key, GRID_KEY: trial.grid_key, **driver_tags(),
+        tags = {RUN_KIND: "trial", TRIAL_KEY: trial.key, GRID_KEY: trial.grid_key, CLAIM: PENDING, **driver_tags(),
                 **{f"version.{d}": v for d, v in trial.versions}}
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
@@ -271,23 +272,46 @@ class Tracker:
     def claim(self, experiment_id: str, key: str, run_id: str, count_finished: bool = True) -> str | None:
         """Whether the trial ``key`` is this driver's to run with its new run ``run_id``: None if so,
         else why not ("finished" by then, unless ``count_finished`` is off (``--no-resume``), or
-        "running" in an older live run) after deleting ``run_id``. Dead holders are reaped."""
-        others = [r for r in self._search(experiment_id, f"tags.{TRIAL_KEY} = '{key}'") if r.info.run_id != run_id]
-        mine = self.client.get_run(run_id)
-        reason = None
-        for run in others:
-            if run.info.status == "FINISHED" and count_finished:
+        "running" in another live run) after deleting ``run_id``. The two phases of
+        :mod:`harness.lifecycle`; dead holders are reaped."""
+        import random
+
+        mine = claim_order(self.client.get_run(run_id))
+        reason = "running"
+        for attempt in range(CLAIM_ATTEMPTS):
+            rivals = self._rivals(experiment_id, key, run_id)
+            if count_finished and any(r.info.status == "FINISHED" for r in rivals):
                 reason = "finished"
-            elif run.info.status == "RUNNING":
-                if is_dead(run):
-                    with self._lock:
-                        self.client.set_terminated(run.info.run_id, "KILLED", end_time=last_alive_ms(run))
-                elif claim_order(run) < claim_order(mine) and reason is None:
-                    reason = "running"
-        if reason:
+                break
+            if any(r.info.status == "RUNNING" and (has_won(r) or claim_order(r) < mine) for r in rivals):
+                break
             with self._lock:
-                self.client.delete_run(run_id)
+                self.client.set_tag(run_id, CLAIM, WON)
+            rivals = self._rivals(experiment_id, key, run_id)
+            if count_finished and any(r.info.status == "FINISHED" for r in rivals):
+                reason = "finished"
+                break
+            if not any(r.info.status == "RUNNING" and has_won(r) for r in rivals):
+                return None
+            with self._lock:  # a tie: both withdraw; the first to come back wins
+                self.client.set_tag(run_id, CLAIM, PENDING)
+            time.sleep(random.uniform(0.05, 0.5) * (attempt + 1))
+        with self._lock:
+            self.client.delete_run(run_id)
         return reason
+
+    def _rivals(self, experiment_id: str, key: str, run_id: str) -> list[Any]:
+        """The other runs of trial ``key``; those RUNNING whose driver is dead are marked KILLED here."""
+        rivals = []
+        for run in self._search(experiment_id, f"tags.{TRIAL_KEY} = '{key}'"):
+            if run.info.run_id == run_id:
+                continue
+            if run.info.status == "RUNNING" and is_dead(run):
+                with self._lock:
+                    self.client.set_terminated(run.info.run_id, "KILLED", end_time=last_alive_ms(run))
+                continue
+            rivals.append(run)
+        return rivals
 
     def log_points(self, run_id: str, points: list[tuple[int, dict[str, float]]]) -> None:
         """Curve points of a running trial (``distill/<metric>`` by step), streamed while it runs."""

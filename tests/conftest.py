@@ -19,6 +19,13 @@ from harness.allocator import keep_freed_memory  # noqa: E402
 keep_freed_memory()  # as every trial process does (harness.runner.run_trial), from the first test on
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: two test workers per core. Many tests wait on other processes (drivers, servers,
+    clusters) with the core idle meanwhile; a second worker per core fills that time (measured on
+    2 cores: `make test` 318 s with 2 workers, 260 s with 4)."""
+    return max(2, min(2 * (os.cpu_count() or 1), 8))
+
+
 @pytest.fixture(scope="session")
 def mlflow_template(tmp_path_factory) -> Path:
     """An empty, fully migrated MLflow sqlite db, created once (migrations take seconds)."""

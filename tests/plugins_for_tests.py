@@ -77,7 +77,9 @@ class Sleeper:
     """Logs one step every ``seconds`` for ``steps`` steps, then returns class means: a trial that
     takes as long as a test needs (run lifecycle, time limits, concurrent drivers). ``until``: a
     file path; the trial then keeps logging past ``steps`` (up to 100x) until that file exists, so a
-    test can hold a trial running until the driver has seen what it waits for."""
+    test can hold a trial running until the driver has seen what it waits for. ``$SLEEPER_SECONDS``
+    overrides ``seconds`` without changing the trial (its key): a test's rerun of a trial that had
+    to be slow the first time (to be interrupted) finishes at once."""
 
     name = "sleeper"
 
@@ -96,8 +98,9 @@ class Sleeper:
         task.expect_steps(cfg.steps)
         saved = task.restore()  # it checkpoints too: a resumed trial continues from the saved step
         step = saved[0] if saved else 0
+        seconds = float(os.environ.get("SLEEPER_SECONDS", cfg.seconds))
         while step < cfg.steps or (cfg.until and not os.path.exists(cfg.until) and step < 100 * cfg.steps):
-            time.sleep(cfg.seconds)
+            time.sleep(seconds)
             task.log(step, loss=1.0 / (step + 1))
             step += 1
             task.checkpoint(step, lambda: {})

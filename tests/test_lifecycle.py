@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness.lifecycle import HEARTBEAT, HOST, PID, STALE_SECONDS, CurveStream, Heartbeat, is_dead, now_ms
+from harness.lifecycle import HEARTBEAT, HOST, PID, STALE_SECONDS, CurveStream, Heartbeat, driver_tags, is_dead, now_ms
 from harness.tracking import Tracker
 from harness.specs import DistilledSet
 
@@ -41,13 +41,18 @@ models = 1
 [distillers.sleeper]
 steps = {steps}
 seconds = {seconds}
+until = "{until}"
 """
 
 
-def write_grid(tmp_path: Path, steps: int, seconds: float, seeds=(0,), extra: str = "") -> Path:
+def write_grid(tmp_path: Path, steps: int, seconds: float, seeds=(0,), extra: str = "", until: str = "") -> Path:
+    """The sleeper's grid; ``until``: a file whose absence keeps each trial running (Sleeper)."""
     path = tmp_path / "life.toml"
-    path.write_text(GRID.format(steps=steps, seconds=seconds, seeds=list(seeds), extra=extra))
+    path.write_text(GRID.format(steps=steps, seconds=seconds, seeds=list(seeds), extra=extra, until=until))
     return path
+
+
+RERUN_AT_ONCE = {"SLEEPER_SECONDS": "0"}  # a rerun's sleeper steps take no time (the trial and its key unchanged)
 
 
 def _default_sigint() -> None:
@@ -88,10 +93,10 @@ def running_trial(uri: str):
 def test_an_interrupted_driver_ends_its_runs_killed_and_says_how_to_resume(tmp_path, tracking_uri,
                                                                              tests_plugin_env, sig):
     grid = write_grid(tmp_path, steps=100_000, seconds=0.01)
-    proc = start_driver(grid, tracking_uri, tests_plugin_env, tmp_path)
+    proc = start_driver(grid, tracking_uri, {**tests_plugin_env, "HARNESS_STREAM_SECONDS": "1"}, tmp_path)
     try:
         run = wait_for(lambda: running_trial(tracking_uri), "the trial's run to be RUNNING")
-        # curves are streamed while the trial runs (batched every few seconds)
+        # curves are streamed while the trial runs (batched every second here, every 10 s by default)
         tracker = Tracker(tracking_uri)
         wait_for(lambda: tracker.client.get_metric_history(run.info.run_id, "distill/loss"), "streamed curve points")
         proc.send_signal(sig)
@@ -120,8 +125,8 @@ def test_a_driver_killed_hard_leaves_runs_the_next_bench_marks_killed_and_reruns
     assert {r.info.status for r in all_runs(tracking_uri)} == {"RUNNING"}
 
     rerun = subprocess.run([sys.executable, "-m", "harness", "bench", str(grid), "--tracking-uri", tracking_uri],
-                           cwd=tmp_path, env={**os.environ, **tests_plugin_env}, capture_output=True, text=True,
-                           timeout=600)
+                           cwd=tmp_path, env={**os.environ, **tests_plugin_env, **RERUN_AT_ONCE},
+                           capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "marked 2 run(s) KILLED whose driver had died" in rerun.stdout
     trials = [r for r in all_runs(tracking_uri) if r.data.tags["run_kind"] == "trial"]
@@ -147,6 +152,53 @@ def test_two_drivers_on_one_store_never_run_a_trial_twice(tmp_path, tracking_uri
     finished = [r.data.tags["trial_key"] for r in trials if r.info.status == "FINISHED"]
     assert len(finished) == 4 and len(set(finished)) == 4, finished
     assert all(r.info.status == "FINISHED" for r in trials)  # a claim that lost is deleted, not left over
+
+
+def _claimable(tracking_uri: str):
+    from harness.trial import Recipe, Trial
+
+    tracker = Tracker(tracking_uri)
+    exp = tracker.experiment_id("claims")
+    trial = Trial("random", "digits", "digits", "mlp", 1, 10, 0, (), (Recipe(arch="mlp"),))
+    return tracker, exp, trial
+
+
+def test_a_claim_seen_late_with_an_older_start_time_still_loses(tracking_uri):
+    """The race that ran a trial twice under load: driver B takes its run's start time, stalls, and
+    its run reaches the store after driver A has checked and gone on. B's run looks older, yet A
+    holds the trial: B must skip it."""
+    tracker, exp, trial = _claimable(tracking_uri)
+    a = tracker.start_trial(exp, "", trial)
+    assert tracker.claim(exp, trial.key, a) is None  # A saw no rival: it runs the trial
+    assert tracker.client.get_run(a).data.tags["claim"] == "won"
+    started_a = tracker.client.get_run(a).info.start_time
+    b = tracker.client.create_run(exp, start_time=started_a - 1000, tags={  # B: older by its clock
+        "run_kind": "trial", "trial_key": trial.key, "claim": "pending", **driver_tags()}).info.run_id
+    assert tracker.claim(exp, trial.key, b) == "running"
+    assert tracker.client.get_run(b).info.lifecycle_stage == "deleted"
+
+
+def test_two_claims_that_win_at_once_leave_the_trial_to_exactly_one(tracking_uri, monkeypatch):
+    """B marks its run won while A's mark lands too (both passed the first look): B sees A's mark,
+    withdraws, comes back, finds A holding the trial and skips it; A's run is untouched."""
+    import harness.tracking as tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    tracker, exp, trial = _claimable(tracking_uri)
+    b = tracker.start_trial(exp, "", trial)  # B's run is the older: it passes the first look
+    a = tracker.start_trial(exp, "", trial)
+    client = tracker.client._client
+    set_tag = client.set_tag
+
+    def both_win(run_id, key, value):  # A's mark lands together with B's
+        set_tag(run_id, key, value)
+        if run_id == b and value == "won":
+            set_tag(a, "claim", "won")
+
+    monkeypatch.setattr(client, "set_tag", both_win)
+    assert tracker.claim(exp, trial.key, b) == "running"
+    assert tracker.client.get_run(b).info.lifecycle_stage == "deleted"
+    assert tracker.client.get_run(a).data.tags["claim"] == "won"
 
 
 # -- time limits, names, temp files -----------------------------------------------------------------
@@ -315,7 +367,8 @@ def test_an_interrupted_trial_resumes_from_its_mid_trial_checkpoint(tmp_path, tr
     assert proc.returncode == 130
     assert list((tmp_path / "ck").glob("*/skeleton.json"))  # kept for the resume
     rerun = subprocess.run([sys.executable, "-m", "harness", "bench", str(grid), "--tracking-uri", tracking_uri],
-                           cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+                           cwd=tmp_path, env={**os.environ, **env, **RERUN_AT_ONCE}, capture_output=True, text=True,
+                           timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     tracker = Tracker(tracking_uri)
     finished = next(r for r in all_runs(tracking_uri) if r.info.status == "FINISHED"
@@ -371,7 +424,7 @@ def test_a_driver_stopped_anywhere_loses_nothing_and_the_rerun_counts_each_trial
     finished_before = {r.data.tags["trial_key"] for r in all_runs(tracking_uri)
                        if r.info.status == "FINISHED" and r.data.tags["run_kind"] == "trial"}
     rerun = subprocess.run([sys.executable, "-m", "harness", "bench", str(grid), "--tracking-uri", tracking_uri],
-                           cwd=tmp_path, env={**os.environ, **tests_plugin_env, "TMPDIR": str(scratch)},
+                           cwd=tmp_path, env={**os.environ, **tests_plugin_env, **RERUN_AT_ONCE, "TMPDIR": str(scratch)},
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"2 trials, {len(finished_before)} already finished" in rerun.stdout  # nothing finished is recomputed

@@ -118,7 +118,9 @@ def test_a_tracking_server_lost_mid_grid_loses_nothing(tmp_path, tests_plugin_en
     `harness sync` logs it into its own run, and the rerun only computes the trial never finished."""
     port = free_port()
     server, uri = start_mlflow_server(tmp_path, port, template=mlflow_template)
-    grid = write_grid(tmp_path, steps=400, seconds=0.02, seeds=[0, 1])  # ~8 s of distilling per trial
+    # each trial runs until the server is gone (the file `stopped` exists), then ends within a step
+    stopped = tmp_path / "stopped"
+    grid = write_grid(tmp_path, steps=50, seconds=0.02, seeds=[0, 1], until=str(stopped))
     # curves streamed every second (the trial is computing once points arrive), retries short: the
     # server is gone for good until the test restarts it
     env = {**tests_plugin_env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "HARNESS_STREAM_SECONDS": "1",
@@ -129,7 +131,8 @@ def test_a_tracking_server_lost_mid_grid_loses_nothing(tmp_path, tests_plugin_en
             run = wait_for(lambda: running_trial(uri), "the first trial's run to be RUNNING")
             tracker = Tracker(uri)  # its first curve points arrive ~1 s into the trial: it is computing
             wait_for(lambda: tracker.client.get_metric_history(run.info.run_id, "distill/loss"), "streamed points")
-            stop_mlflow_server(server, hard=True)  # gone at once, seconds before the trial ends
+            stop_mlflow_server(server, hard=True)  # gone at once, while the trial runs
+            stopped.touch()
             out, err = proc.communicate(timeout=900)
         finally:
             proc.kill()
