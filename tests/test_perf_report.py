@@ -71,3 +71,16 @@ def test_side_by_side_under_both_allocator_settings_judges_ours_against_theirs_a
     md = "\n".join(load_report()._side_by_side(side))
     assert "| ld | 400.0 ms | 180.0 ms | 0.45 | ≤ 0.5 | met | 300.0 ms | 0.60 | 0.75 |" in md
     assert "Medians over 3 rounds." in md and "ld-rr |" not in md
+
+
+def test_a_host_where_vectorised_mlps_are_slower_is_told_so():
+    data = {"machine_info": {"node": "n", "cpu": {"brand_raw": "cpu", "count": 2}}, "datetime": "2026-12-03T00:00:00",
+            "commit_info": {"id": "abcdef0"}, "benchmarks": [
+                bench("eval-mlp", "test_train_k_models[mlp-sequential]", 1.0),
+                bench("eval-mlp", "test_train_k_models[mlp-vectorised]", 1.25)]}
+    md = load_report().render(data, None)
+    assert "On this host they are slower (0.80x)" in md
+    fast = load_report().render({**data, "benchmarks": [bench("eval-mlp", "test_train_k_models[mlp-sequential]", 1.5),
+                                                        bench("eval-mlp", "test_train_k_models[mlp-vectorised]", 1.0)]},
+                                None)
+    assert "| mlp |" in fast and "On this host they are slower" not in fast
