@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -303,11 +301,6 @@ def test_report_on_a_missing_experiment_is_a_clear_error(tracking_uri):
 
 
 # -- the CLI, as a user runs it --------------------------------------------------------------------
-def harness_cli(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
-
-
 @pytest.mark.slow
 def test_cli_bench_then_report_on_the_quick_grid(tracking_uri, tmp_path):
     """The README's quick grid, scaled to seconds: real digits, real plugins, real sqlite store."""
@@ -382,7 +375,7 @@ def test_cli_exit_code_is_1_when_a_trial_fails(tmp_path, tracking_uri, tests_plu
     grid = tmp_path / "g.toml"
     grid.write_text('name = "faulty"\n[[grid]]\ndistiller = ["crashes", "random"]\ndataset = ["tiny"]\n'
                     'arch = ["tiny-mlp"]\nipc = [1]\n[eval]\nepochs = 1\nmodels = 1\n')
-    res = harness_cli("bench", str(grid), "--tracking-uri", tracking_uri, cwd=tmp_path, env=tests_plugin_env)
+    res = run_harness("bench", str(grid), "--tracking-uri", tracking_uri, cwd=tmp_path, env=tests_plugin_env)
     assert res.returncode == 1, res.stderr + res.stdout
     assert "1 passed, 1 failed" in res.stdout
     assert "FAILED RuntimeError: deliberate failure for tests" in res.stdout

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_in_process import run_harness
 from conftest import free_port, start_mlflow_server, stop_mlflow_server
 from test_lifecycle import all_runs, running_trial, start_driver, wait_for, write_grid
 
@@ -140,9 +141,9 @@ def test_a_tracking_server_lost_mid_grid_loses_nothing(tmp_path, tests_plugin_en
         assert "Traceback" not in out + err and len(err.splitlines()) == 1
         assert "its results are kept in" in err and "seed0" in err
         server, uri = start_mlflow_server(tmp_path, port, template=mlflow_template)
-        sync = harness("sync", "--tracking-uri", uri, cwd=tmp_path, env=env)
+        sync = run_harness("sync", "--tracking-uri", uri, cwd=tmp_path, env=env)  # in this process: the driver's was the point
         assert sync.returncode == 0 and "logged 1 of 1 spooled trial(s)" in sync.stdout, sync.stdout + sync.stderr
-        rerun = harness("bench", str(grid), "--tracking-uri", uri, cwd=tmp_path, env=env)
+        rerun = run_harness("bench", str(grid), "--tracking-uri", uri, cwd=tmp_path, env={**env, "SLEEPER_SECONDS": "0"})
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         assert "2 trials, 1 already finished, 1 to run" in rerun.stdout
         trials = [r for r in all_runs(uri) if r.data.tags["run_kind"] == "trial"]

@@ -189,15 +189,19 @@ def decode(key: str, x: Any, ctx: Any = None) -> list[str]:
     x = torch.as_tensor(x).detach().to("cpu", torch.float32)
     n, length, dim = x.shape
     flat = x.reshape(-1, dim)
-    nearest = torch.empty(len(flat), dtype=torch.long)
+    # real sentences repeat words and padding: each distinct vector is looked up once (exact; a
+    # set of real sentences has ~10x fewer distinct vectors than tokens)
+    distinct, index = torch.unique(flat, dim=0, return_inverse=True)
+    nearest = torch.empty(len(distinct), dtype=torch.long)
     with torch.no_grad():
-        for i in range(0, len(flat), DECODE_CHUNK):
-            nearest[i : i + DECODE_CHUNK] = (flat[i : i + DECODE_CHUNK] @ unit.T).argmax(1)
-    pad = flat.norm(dim=1) < threshold
+        for i in range(0, len(distinct), DECODE_CHUNK):
+            nearest[i : i + DECODE_CHUNK] = (distinct[i : i + DECODE_CHUNK] @ unit.T).argmax(1)
+    nearest = nearest[index].tolist()
+    pad = (flat.norm(dim=1) < threshold).tolist()
     out = []
     for row in range(n):
         span = slice(row * length, (row + 1) * length)
-        tokens = [PAD_TOKEN if p else words[int(j)] for j, p in zip(nearest[span], pad[span])]
+        tokens = [PAD_TOKEN if p else words[j] for j, p in zip(nearest[span], pad[span])]
         while tokens and tokens[0] == PAD_TOKEN:
             tokens.pop(0)
         while tokens and tokens[-1] == PAD_TOKEN:
