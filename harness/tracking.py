@@ -133,6 +133,7 @@ class Tracker:
         self.uri = resolve_tracking_uri(uri)
         self._lock = threading.RLock()
         self._open: dict[str, tuple[str, dict]] = {}  # trial run -> (experiment id, its params)
+        self._claim_orders: dict[str, tuple[int, str]] = {}  # trial run -> its claim_order, as created
         waits = env_seconds(RETRY_ENV, RETRY_WAITS)
         with _store_lock(self.uri):  # creating (migrating) the store happens here: a broken one fails in one line
             self.client = _Retrying(self._guard(lambda: MlflowClient(tracking_uri=self.uri)), waits)
@@ -250,7 +251,9 @@ class Tracker:
         params = {f"cfg.{k}": "-" for k in cfg_fields}
         params.update(trial.params())
         with self._lock:
-            run_id = self.client.create_run(experiment_id, run_name=trial.label, tags=tags).info.run_id
+            run = self.client.create_run(experiment_id, run_name=trial.label, tags=tags)
+            run_id = run.info.run_id
+            self._claim_orders[run_id] = claim_order(run)  # the store's start time: claim() need not read it back
             self._log(run_id, params=params)
             self._log_inputs(run_id, dataset_inputs(trial))
             self._open[run_id] = (experiment_id, {k: str(v) for k, v in params.items()})
@@ -276,7 +279,7 @@ class Tracker:
         :mod:`harness.lifecycle`; dead holders are reaped."""
         import random
 
-        mine = claim_order(self.client.get_run(run_id))
+        mine = self._claim_orders.pop(run_id, None) or claim_order(self.client.get_run(run_id))
         reason = "running"
         for attempt in range(CLAIM_ATTEMPTS):
             rivals = self._rivals(experiment_id, key, run_id)
@@ -347,6 +350,7 @@ class Tracker:
                 self.client.log_text(run_id, result.traceback, "error.txt")
             self.client.set_terminated(run_id, "FINISHED" if result.passed else "FAILED")
             self._open.pop(run_id, None)
+            self._claim_orders.pop(run_id, None)
 
     def _log_recipes(self, run_id: str, result: Any) -> None:
         """One FINISHED child run of the trial's run per evaluated recipe, timed as its evaluation ran:
@@ -384,6 +388,7 @@ class Tracker:
         with self._lock:
             self.client.set_terminated(run_id, status)
             self._open.pop(run_id, None)
+            self._claim_orders.pop(run_id, None)
 
     def log_spooled(self, record: Any) -> str:
         """Log a trial kept by :mod:`harness.spool`: into its own run if that is still RUNNING, else
