@@ -22,6 +22,14 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     rows = {tuple(r) for r in x.flatten(1).tolist()}
     assert not any(tuple(r) in rows for r in xt.flatten(1).tolist()[:50])
     assert torch.equal(load_digits("train", None)[0], x)  # deterministic
+    from sklearn.datasets import load_digits as sk_digits
+
+    from harness_vision.datasets import _digits
+
+    images, target = _digits()  # read without importing scikit-learn: its loader's numbers
+    reference = sk_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(target, reference.target)
+    assert images.dtype == reference.images.dtype and target.dtype == reference.target.dtype
 
 
 def test_mnist_subset_split_follows_the_documented_recipe():
