@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,22 @@ def pytest_xdist_auto_num_workers(config) -> int:
     clusters) with the core idle meanwhile; a second worker per core fills that time (measured on
     2 cores: `make test` 318 s with 2 workers, 260 s with 4)."""
     return max(2, min(2 * (os.cpu_count() or 1), 8))
+
+
+SLOW_DEFAULT_SECONDS = 10
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """The tests marked ``slow`` go first, the slowest first (``@pytest.mark.slow(60)``: about a
+    minute on a loaded 2-core machine; without a number, ~10 s), so that the test workers start
+    them at once and short tests fill the end, instead of one worker left running a slow test
+    collected last while the others idle (longest first: the usual way to balance a pool).
+    A stable sort: every worker collects the same order, as pytest-xdist requires."""
+    def expected_seconds(item: Any) -> float:
+        mark = item.get_closest_marker("slow")
+        return 0.0 if mark is None else float(mark.args[0] if mark.args else SLOW_DEFAULT_SECONDS)
+
+    items.sort(key=expected_seconds, reverse=True)
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,7 @@ def finish(proc: subprocess.Popen) -> tuple[str, str]:
     return kept, digest
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not GLIBC, reason="the setting is glibc's (mallopt); elsewhere the allocator is left alone")
 def test_freed_blocks_are_kept_unless_switched_off_and_results_are_bit_identical():
     both = start(None), start("default")  # at once: each is a fresh process

@@ -45,6 +45,7 @@ def children(tracking_uri, name="tiny-bench"):
     return tracker, tracker.trial_runs(tracker.experiment_id(name, create=False))
 
 
+@pytest.mark.slow
 def test_failing_trials_are_recorded_and_the_grid_goes_on(bench, tracking_uri):
     grid, outcome = bench()
     assert len(grid.trials) == 8
@@ -96,6 +97,7 @@ def test_runs_are_nested_named_and_comparable(bench, tracking_uri):
             assert r.data.params["cfg.smoothing"] == "0.1"
 
 
+@pytest.mark.slow
 def test_eval_mode_vectorised_gives_the_sequential_accuracies_and_is_tagged(bench, tracking_uri):
     doc = tiny_doc()
     doc["grid"][0]["distiller"] = ["random", "means"]
@@ -141,6 +143,7 @@ def test_every_recipe_run_has_the_same_keys_and_covers_its_evaluation(bench, tra
         assert trial.info.end_time - trial.info.start_time >= 1000 * (t["distill_seconds"] + t["eval_seconds"]) - 2
 
 
+@pytest.mark.slow
 def test_distilled_recipe_only_where_step_sizes_are_learned(bench, tracking_uri):
     bench()
     tracker, _ = children(tracking_uri)
@@ -164,6 +167,7 @@ def test_artifacts_hold_a_loadable_safetensors_set_and_figures(bench, tracking_u
     assert run.info.artifact_uri.startswith(Path(tracker.uri[len("sqlite:///"):]).parent.as_uri())
 
 
+@pytest.mark.slow
 def test_parent_run_gets_the_summary_table(bench, tracking_uri, tmp_path):
     _, outcome = bench()
     tracker, _ = children(tracking_uri)
@@ -173,6 +177,7 @@ def test_parent_run_gets_the_summary_table(bench, tracking_uri, tmp_path):
     assert "distiller" in table["columns"] and len(table["data"]) == len(outcome.board)
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_trials_and_retries_failed_ones(bench, tracking_uri):
     bench()
     grid, second = bench()
@@ -370,6 +375,7 @@ def test_cli_default_store_is_sqlite_under_results(tmp_path, mlflow_template):
     assert len(tracker.trial_runs(tracker.experiment_id("dflt", create=False))) == 1
 
 
+@pytest.mark.slow
 def test_cli_exit_code_is_1_when_a_trial_fails(tmp_path, tracking_uri, tests_plugin_env):
     """A faulty third-party distiller (exposed through a real entry point) fails; the grid finishes."""
     grid = tmp_path / "g.toml"

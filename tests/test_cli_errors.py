@@ -79,6 +79,7 @@ def test_validate_errors(tmp_path, content, extra, fragments):
     assert proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_the_installed_command_prints_the_same_one_line(tmp_path):
     """In a fresh process too (warnings, logging and all): one line, exit code 2."""
     (tmp_path / "grid.toml").write_text(GOOD.replace('"random"', '"rnadom"'))

@@ -99,6 +99,7 @@ def test_template_plugin_module_does_not_import_torch(example_site):
     assert proc.returncode == 0, f"importing the plugin module imported torch\n{proc.stderr}"
 
 
+@pytest.mark.slow
 def test_template_own_test_suite_passes_when_installed(example_site):
     """What a researcher runs after copying the template (in the installed copy, not the repo)."""
     src = example_site.parent / "src"
@@ -109,6 +110,7 @@ def test_template_own_test_suite_passes_when_installed(example_site):
 
 
 # -- (b) a real tiny grid, end to end ------------------------------------------------------------
+@pytest.mark.slow
 def test_grid_with_the_template_runs_end_to_end(example_site, tmp_path, tracking_uri):
     import mlflow
 

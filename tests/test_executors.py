@@ -23,6 +23,7 @@ def accuracies(uri: str, name: str) -> dict:
             for r in tracker.trial_runs(tracker.experiment_id(name, create=False))}
 
 
+@pytest.mark.slow
 def test_process_and_inline_give_the_same_accuracies(tmp_path, mlflow_template):
     """Same grid, same seeds, CPU: identical per-trial accuracies (workers run torch on one thread
     here, as the test process does)."""
@@ -65,6 +66,7 @@ def worker_plugins(tests_plugin_env, monkeypatch):
         sys.path.pop(0)
 
 
+@pytest.mark.slow(45)
 def test_a_worker_that_dies_or_hangs_fails_only_its_trial(tmp_path, tracking_uri, worker_plugins, monkeypatch):
     """One slot: the worker that dies and the one that is killed are each replaced for the next trial."""
     import harness.executors.process as process

@@ -90,6 +90,7 @@ def running_trial(uri: str):
 
 
 # -- interruption ---------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_driver_ends_its_runs_killed_and_says_how_to_resume(tmp_path, tracking_uri,
                                                                              tests_plugin_env, sig):
@@ -114,6 +115,7 @@ def test_an_interrupted_driver_ends_its_runs_killed_and_says_how_to_resume(tmp_p
     assert len(runs_frame(Tracker(tracking_uri), "life")) == 0  # an interrupted trial is no result
 
 
+@pytest.mark.slow
 def test_a_driver_killed_hard_leaves_runs_the_next_bench_marks_killed_and_reruns(tmp_path, tracking_uri,
                                                                                  tests_plugin_env):
     grid = write_grid(tmp_path, steps=400, seconds=0.02)
@@ -139,6 +141,7 @@ def test_a_driver_killed_hard_leaves_runs_the_next_bench_marks_killed_and_reruns
 
 
 # -- concurrent drivers ---------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["fresh", "existing"])
 def test_two_drivers_on_one_store_never_run_a_trial_twice(tmp_path, tracking_uri, tests_plugin_env, store):
     uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}" if store == "fresh" else tracking_uri
@@ -202,6 +205,7 @@ def test_two_claims_that_win_at_once_leave_the_trial_to_exactly_one(tracking_uri
 
 
 # -- time limits, names, temp files -----------------------------------------------------------------
+@pytest.mark.slow
 def test_a_trial_past_its_time_limit_fails_and_the_grid_goes_on(tiny_plugins, tracking_uri):
     from harness.bench import run_bench
     from harness.grid import build_grid
@@ -349,6 +353,7 @@ def test_a_restarted_stream_counts_the_new_attempts_points_only():
     assert [s for s, _ in sent[6:]] + [s for s, _ in final_curves[stream.sent:]] == [3, 4, 5, 6, 7, 8]
 
 
+@pytest.mark.slow(60)
 @pytest.mark.parametrize("executor", ["inline", "process", "ray"])
 def test_an_interrupted_trial_resumes_from_its_mid_trial_checkpoint(tmp_path, tracking_uri, tests_plugin_env, executor):
     """Checkpoints every 0.5 s; Ctrl-C once one exists; the rerun's distillation starts where it was,
@@ -399,6 +404,7 @@ if os.environ.get("HARNESS_TEST_SLOW_LOGGING"):  # fault injection for tests/tes
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 @pytest.mark.parametrize("point", ["between-trials", "inside-logging"])
 def test_a_driver_stopped_anywhere_loses_nothing_and_the_rerun_counts_each_trial_once(
@@ -537,6 +543,7 @@ def test_a_resumed_distillation_counts_the_time_before_its_checkpoint(tmp_path, 
     assert again.earlier_seconds == 100.0  # the runner adds it to distill_seconds
 
 
+@pytest.mark.slow
 def test_an_interrupted_driver_with_workers_kills_them_and_ends_every_run_killed(tmp_path, tracking_uri,
                                                                                  tests_plugin_env):
     """`--executor process`: Ctrl-C reaches the driver; it kills its workers, ends both running

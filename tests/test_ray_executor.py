@@ -39,6 +39,7 @@ def ray_cluster(tmp_path_factory):
         ray.shutdown()
 
 
+@pytest.mark.slow(40)
 def test_ray_and_inline_give_the_same_accuracies(ray_cluster, tmp_path, mlflow_template):
     from harness.plugins import load_plugins
 
@@ -59,6 +60,7 @@ def test_ray_and_inline_give_the_same_accuracies(ray_cluster, tmp_path, mlflow_t
     assert "distilled.safetensors" in {a.path for a in artifacts}  # its files came back with the result
 
 
+@pytest.mark.slow(45)
 def test_a_ray_trial_whose_worker_dies_or_hangs_fails_alone(ray_cluster, tmp_path, tracking_uri, monkeypatch):
     import sys
 
@@ -125,6 +127,7 @@ def test_without_ray_the_executor_is_one_line_naming_the_extra(tiny_plugins, mon
         make_executor(RayExecutor, grid)
 
 
+@pytest.mark.slow
 def test_under_ray_client_a_trial_posts_its_start_and_points_while_it_runs(ray_cluster, tmp_path, tracking_uri,
                                                                           monkeypatch):
     """Ray Client runs no generator tasks: there a trial is one task that posts its start and its

@@ -73,6 +73,7 @@ def running_cluster(tmp_path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow  # after the other Ray tests have started their clusters: start-ups at once slow each other
 def test_joining_a_running_cluster_by_address_and_through_ray_client(running_cluster, tmp_path, mlflow_template):
     """--ray-address HOST:PORT and ray://HOST:PORT (Ray Client runs no generator tasks: whole tasks
     posting to a mailbox actor) give the inline accuracies."""
@@ -98,6 +99,7 @@ def test_joining_a_running_cluster_by_address_and_through_ray_client(running_clu
         assert accuracies(uri, "exec") == accuracies(inline, "exec"), address
 
 
+@pytest.mark.slow
 def test_an_address_where_no_cluster_answers_is_one_line_before_any_compute(tmp_path):
     """Through the CLI in a fresh process: this module's own cluster is initialised in the test
     process, where the executor rightly skips the probe (it is connected already)."""

@@ -113,7 +113,7 @@ def test_a_failed_log_spools_the_finished_trial_and_the_next_bench_logs_it_witho
     assert not pending(tracker.uri)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(60)
 def test_a_tracking_server_lost_mid_grid_loses_nothing(tmp_path, tests_plugin_env, mlflow_template):
     """A real `mlflow server` stopped while a trial runs and restarted: the finished trial is spooled,
     `harness sync` logs it into its own run, and the rerun only computes the trial never finished."""

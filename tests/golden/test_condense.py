@@ -186,6 +186,7 @@ def test_defaults_are_the_reference_codes(cls, name):
         assert cfg.iterations == 1000  # main.py's --Iteration default (the fixture ran 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls,name", CASES + BN_CASES)
 def test_iterations_match_the_reference_code(monkeypatch, cls, name):
     """3 outer iterations from the reference's state: losses, synthetic images after iterations 1 and
