@@ -207,6 +207,23 @@ def render(data: dict, side: dict | None = None) -> str:
             out.append(f"| `harness {name}` | {_fmt(mean)} | ≤ 1 s | {_verdict(mean <= 1.0)} |")
         out += ["", "`validate` is timed up to its first error on a grid with a typo (before data loads).", ""]
 
+    if "data-cold-load" in groups:
+        out += ["## Loading a dataset in a fresh process", "",
+                "Train and test splits, timed inside a new process after its imports (what each `harness bench`, "
+                "and each worker of the process and Ray executors, pays once; benchmarks/perf/test_data_load.py). "
+                "Medians of the rounds.", "", "| dataset | load |", "|---|---|"]
+        for name, b in groups["data-cold-load"].items():
+            loads = sorted(b.get("extra_info", {}).get("load", []))
+            if loads:
+                out.append(f"| {name} | {_fmt(loads[len(loads) // 2])} |")
+        out.append("")
+
+    if "artifacts" in groups:
+        out += ["## Trial artifacts", "", "| benchmark | mean |", "|---|---|"]
+        for name, b in groups["artifacts"].items():
+            out.append(f"| {b['name']} | {_fmt(b['stats']['mean'])} |")
+        out.append("")
+
     if "eval-primitives" in groups:
         out += ["## Evaluation primitives (8x8 digits)", "", "| benchmark | mean |", "|---|---|"]
         for name, b in groups["eval-primitives"].items():
