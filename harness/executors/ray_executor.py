@@ -427,7 +427,7 @@ def _worker_state(settings: dict) -> tuple[Any, Any]:
 
     from ..data import DataCache, resolve_device
     from ..plugins import get_plugins
-    from ..runner import TrialContext
+    from ..runner import TrialContext, warm_up
 
     key = tuple(sorted((k, v) for k, v in settings.items() if k != "checkpoint_dir"))
     if key not in _WORKER:
@@ -435,6 +435,7 @@ def _worker_state(settings: dict) -> tuple[Any, Any]:
         plugins = get_plugins()
         device = resolve_device(settings["device"])
         data = DataCache(plugins, Path(settings["data_dir"]), device)
+        warm_up(device)  # one-time costs here, not in the first trial's time (limit included)
         _WORKER[key] = (plugins, TrialContext(data, device, None, timeout=settings["timeout"],
                                               checkpoint_every=settings["checkpoint_every"],
                                               eval_mode=settings["eval_mode"]))
