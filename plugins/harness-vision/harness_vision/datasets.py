@@ -38,8 +38,8 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # torchvision's standard MNIST normalisa
 @functools.lru_cache(maxsize=1)
 def _digits():
     """scikit-learn's ``load_digits()`` images [1797, 8, 8] and targets, read from the CSV it ships
-    without importing scikit-learn (1.3 s here, for a 0.02 s read), once per process; the same
-    numbers (tests/test_vision.py compares them). Another scikit-learn layout: its own loader."""
+    without importing scikit-learn (an import of 1.3 s here, for a read of 0.02 s), once per process;
+    the same numbers (tests/test_vision.py compares them). Another scikit-learn layout: its loader."""
     import importlib.util
 
     import numpy as np
