@@ -279,11 +279,14 @@ class Tracker:
         :mod:`harness.lifecycle`; dead holders are reaped."""
         import random
 
+        def finished(rivals: list) -> bool:
+            return count_finished and any(r.info.status == "FINISHED" for r in rivals)
+
         mine = self._claim_orders.pop(run_id, None) or claim_order(self.client.get_run(run_id))
         reason = "running"
         for attempt in range(CLAIM_ATTEMPTS):
             rivals = self._rivals(experiment_id, key, run_id)
-            if count_finished and any(r.info.status == "FINISHED" for r in rivals):
+            if finished(rivals):
                 reason = "finished"
                 break
             if any(r.info.status == "RUNNING" and (has_won(r) or claim_order(r) < mine) for r in rivals):
@@ -291,7 +294,7 @@ class Tracker:
             with self._lock:
                 self.client.set_tag(run_id, CLAIM, WON)
             rivals = self._rivals(experiment_id, key, run_id)
-            if count_finished and any(r.info.status == "FINISHED" for r in rivals):
+            if finished(rivals):
                 reason = "finished"
                 break
             if not any(r.info.status == "RUNNING" and has_won(r) for r in rivals):

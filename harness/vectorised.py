@@ -15,9 +15,9 @@ models leave the device idle one at a time, and on CPU only models without convo
 vmap's batched (grouped) convolutions measured slower than K separate ones, while an MLP trained
 1.3-1.7x faster on Intel Xeon hosts (0.83x and 1.32x in two runs on one AMD EPYC host: the CPU and
 its load decide; the choice stays fixed so that a grid's path never depends on a timing;
-results/perf.md); ``vectorised`` asks for it
-on any device; ``sequential`` never. Whatever is asked, a model or recipe it cannot do exactly falls
-back to sequential. The choice and its reason are the trial tag ``eval.mode/<recipe>``.
+results/perf.md); ``vectorised`` asks for it on any device; ``sequential`` never. Whatever is asked,
+a model or recipe it cannot do exactly falls back to sequential. The choice and its reason are the
+trial tag ``eval.mode/<recipe>``.
 """
 
 from __future__ import annotations

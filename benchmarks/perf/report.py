@@ -218,17 +218,10 @@ def render(data: dict, side: dict | None = None) -> str:
                 out.append(f"| {name} | {_fmt(loads[len(loads) // 2])} |")
         out.append("")
 
-    if "artifacts" in groups:
-        out += ["## Trial artifacts", "", "| benchmark | mean |", "|---|---|"]
-        for name, b in groups["artifacts"].items():
-            out.append(f"| {b['name']} | {_fmt(b['stats']['mean'])} |")
-        out.append("")
-
-    if "eval-primitives" in groups:
-        out += ["## Evaluation primitives (8x8 digits)", "", "| benchmark | mean |", "|---|---|"]
-        for name, b in groups["eval-primitives"].items():
-            out.append(f"| {b['name']} | {_fmt(b['stats']['mean'])} |")
-        out.append("")
+    for group, title in (("artifacts", "Trial artifacts"), ("eval-primitives", "Evaluation primitives (8x8 digits)")):
+        if group in groups:
+            out += [f"## {title}", "", "| benchmark | mean |", "|---|---|"]
+            out += [f"| {b['name']} | {_fmt(b['stats']['mean'])} |" for b in groups[group].values()] + [""]
     return "\n".join(out)
 
 

