@@ -48,10 +48,14 @@ PER_MODEL = "acc_models"  # tag: JSON {recipe: [accuracy of model 0, 1, ...]} (t
 MAX_TAG = 5000
 
 class _Retrying:
-    """An MlflowClient whose calls are retried with backoff when they fail transiently."""
+    """An MlflowClient whose calls are retried with backoff when they fail transiently, and made one
+    at a time: the driver's threads share it (trials starting and ending, curve streams, the
+    heartbeat). The lock is held per request, never across a retry's wait or a sequence of requests,
+    so a thread logging a finished trial does not hold up another starting one."""
 
     def __init__(self, client: Any, waits: tuple[float, ...] = RETRY_WAITS):
         self._client, self._waits = client, waits
+        self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
@@ -61,7 +65,8 @@ class _Retrying:
         def call(*args: Any, **kwargs: Any) -> Any:
             for wait in (*self._waits, None):
                 try:
-                    return attr(*args, **kwargs)
+                    with self._lock:
+                        return attr(*args, **kwargs)
                 except Exception as exc:
                     if wait is None or not is_transient(exc):
                         raise
@@ -124,14 +129,13 @@ def _store_lock(uri: str) -> Iterator[None]:
 
 
 class Tracker:
-    """The driver's MLflow client. Writes are serialised in-process (the heartbeat thread writes too)."""
+    """The driver's MLflow client: one store request at a time in this process (see :class:`_Retrying`)."""
 
     def __init__(self, uri: str | None = None):
         _quiet_mlflow()
         from mlflow.tracking import MlflowClient
 
         self.uri = resolve_tracking_uri(uri)
-        self._lock = threading.RLock()
         self._open: dict[str, tuple[str, dict]] = {}  # trial run -> (experiment id, its params)
         self._claim_orders: dict[str, tuple[int, str]] = {}  # trial run -> its claim_order, as created
         waits = env_seconds(RETRY_ENV, RETRY_WAITS)
@@ -211,17 +215,15 @@ class Tracker:
         """Mark KILLED every RUNNING run of the experiment whose driver is dead (kill -9, power loss),
         ended at its last heartbeat. Returns how many."""
         dead = [r for r in self._search(experiment_id, "attributes.status = 'RUNNING'") if is_dead(r)]
-        with self._lock:
-            for run in dead:
-                self.client.set_terminated(run.info.run_id, "KILLED", end_time=last_alive_ms(run))
+        for run in dead:
+            self.client.set_terminated(run.info.run_id, "KILLED", end_time=last_alive_ms(run))
         return len(dead)
 
     def beat(self, run_ids: Iterable[str]) -> None:
         """Refresh the heartbeat of runs this driver holds open (called by the heartbeat thread)."""
         stamp = str(now_ms())
-        with self._lock:
-            for run_id in run_ids:
-                self.client.set_tag(run_id, HEARTBEAT, stamp)
+        for run_id in run_ids:
+            self.client.set_tag(run_id, HEARTBEAT, stamp)
 
     def start_bench(self, experiment_id: str, run_name: str, params: dict, tags: dict,
                     grid_document: dict | None = None, description: str = "") -> str:
@@ -237,8 +239,7 @@ class Tracker:
                 self.client.log_dict(run.info.run_id, json.loads(json.dumps(grid_document, default=str)), "grid.json")
             return run.info.run_id
 
-        with self._lock:
-            return self._guard(start)
+        return self._guard(start)
 
     def start_trial(self, experiment_id: str, parent_id: str, trial: Any, cfg_fields: Iterable[str] = ()) -> str:
         """The trial's child run, created when the trial starts: RUNNING, its params logged, owned by
@@ -250,13 +251,12 @@ class Tracker:
             tags["mlflow.parentRunId"] = parent_id
         params = {f"cfg.{k}": "-" for k in cfg_fields}
         params.update(trial.params())
-        with self._lock:
-            run = self.client.create_run(experiment_id, run_name=trial.label, tags=tags)
-            run_id = run.info.run_id
-            self._claim_orders[run_id] = claim_order(run)  # the store's start time: claim() need not read it back
-            self._log(run_id, params=params)
-            self._log_inputs(run_id, dataset_inputs(trial))
-            self._open[run_id] = (experiment_id, {k: str(v) for k, v in params.items()})
+        run = self.client.create_run(experiment_id, run_name=trial.label, tags=tags)
+        run_id = run.info.run_id
+        self._claim_orders[run_id] = claim_order(run)  # the store's start time: claim() need not read it back
+        self._log(run_id, params=params)
+        self._log_inputs(run_id, dataset_inputs(trial))
+        self._open[run_id] = (experiment_id, {k: str(v) for k, v in params.items()})
         return run_id
 
     def _log_inputs(self, run_id: str, inputs: list) -> None:
@@ -291,19 +291,16 @@ class Tracker:
                 break
             if any(r.info.status == "RUNNING" and (has_won(r) or claim_order(r) < mine) for r in rivals):
                 break
-            with self._lock:
-                self.client.set_tag(run_id, CLAIM, WON)
+            self.client.set_tag(run_id, CLAIM, WON)
             rivals = self._rivals(experiment_id, key, run_id)
             if finished(rivals):
                 reason = "finished"
                 break
             if not any(r.info.status == "RUNNING" and has_won(r) for r in rivals):
                 return None
-            with self._lock:  # a tie: both withdraw; the first to come back wins
-                self.client.set_tag(run_id, CLAIM, PENDING)
+            self.client.set_tag(run_id, CLAIM, PENDING)  # a tie: both withdraw; the first to come back wins
             time.sleep(random.uniform(0.05, 0.5) * (attempt + 1))
-        with self._lock:
-            self.client.delete_run(run_id)
+        self.client.delete_run(run_id)
         return reason
 
     def _rivals(self, experiment_id: str, key: str, run_id: str) -> list[Any]:
@@ -313,8 +310,7 @@ class Tracker:
             if run.info.run_id == run_id:
                 continue
             if run.info.status == "RUNNING" and is_dead(run):
-                with self._lock:
-                    self.client.set_terminated(run.info.run_id, "KILLED", end_time=last_alive_ms(run))
+                self.client.set_terminated(run.info.run_id, "KILLED", end_time=last_alive_ms(run))
                 continue
             rivals.append(run)
         return rivals
@@ -324,9 +320,8 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = now_ms()
-        with self._lock:
-            self._log(run_id, metrics=[Metric(f"distill/{k}", float(v), now, int(step))
-                                       for step, values in points for k, v in values.items()])
+        self._log(run_id, metrics=[Metric(f"distill/{k}", float(v), now, int(step))
+                                   for step, values in points for k, v in values.items()])
 
     def finish_trial(self, run_id: str, result: Any, curves_sent: int = 0) -> None:
         """Everything a finished trial produced, then FINISHED or FAILED with the real end time.
@@ -343,17 +338,16 @@ class Tracker:
                                           for label, accs in result.per_model.items()})[:MAX_TAG]
         if result.error:
             tags["error"] = result.error[:5000]
-        with self._lock:
-            self._log(run_id, metrics=metrics, tags=tags)
-            if result.recipes:
-                self._log_recipes(run_id, result)
-            if result.artifacts_dir:
-                self.client.log_artifacts(run_id, result.artifacts_dir)
-            if result.traceback:
-                self.client.log_text(run_id, result.traceback, "error.txt")
-            self.client.set_terminated(run_id, "FINISHED" if result.passed else "FAILED")
-            self._open.pop(run_id, None)
-            self._claim_orders.pop(run_id, None)
+        self._log(run_id, metrics=metrics, tags=tags)
+        if result.recipes:
+            self._log_recipes(run_id, result)
+        if result.artifacts_dir:
+            self.client.log_artifacts(run_id, result.artifacts_dir)
+        if result.traceback:
+            self.client.log_text(run_id, result.traceback, "error.txt")
+        self.client.set_terminated(run_id, "FINISHED" if result.passed else "FAILED")
+        self._open.pop(run_id, None)
+        self._claim_orders.pop(run_id, None)
 
     def _log_recipes(self, run_id: str, result: Any) -> None:
         """One FINISHED child run of the trial's run per evaluated recipe, timed as its evaluation ran:
@@ -388,10 +382,9 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str) -> None:
         """End a run without results (KILLED on interruption, FAILED when logging broke)."""
-        with self._lock:
-            self.client.set_terminated(run_id, status)
-            self._open.pop(run_id, None)
-            self._claim_orders.pop(run_id, None)
+        self.client.set_terminated(run_id, status)
+        self._open.pop(run_id, None)
+        self._claim_orders.pop(run_id, None)
 
     def log_spooled(self, record: Any) -> str:
         """Log a trial kept by :mod:`harness.spool`: into its own run if that is still RUNNING, else
@@ -450,15 +443,14 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = now_ms()
-        with self._lock:
-            self._log(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-            if table is not None and len(table):
-                self.client.log_table(run_id, data=table, artifact_file="summary.json")
-            if markdown:
-                self.client.log_text(run_id, markdown, "summary.md")
-            for name, figure in (figures or {}).items():
-                self.client.log_figure(run_id, figure, f"plots/{name}")
-            self.client.set_terminated(run_id, status)
+        self._log(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        if table is not None and len(table):
+            self.client.log_table(run_id, data=table, artifact_file="summary.json")
+        if markdown:
+            self.client.log_text(run_id, markdown, "summary.md")
+        for name, figure in (figures or {}).items():
+            self.client.log_figure(run_id, figure, f"plots/{name}")
+        self.client.set_terminated(run_id, status)
 
     def _log(self, run_id: str, params: dict | None = None, metrics: Iterable | None = None,
              tags: dict | None = None) -> None:

@@ -198,3 +198,42 @@ def test_a_spooled_trial_logged_again_never_duplicates_its_recipe_runs(tracking_
     again.finish_trial(run_id, result)
     labels = sorted(r.data.tags["recipe"] for r in again.recipe_runs(exp))
     assert labels == ["mlp/adam", "mlp/sgd"]
+
+
+def test_a_trial_being_logged_does_not_hold_up_another_starting(tracking_uri):
+    """Store requests are made one at a time, never a whole trial's logging at once: while one thread
+    is between the requests that log a finished trial (held here after its recipe runs), another
+    starts and claims a trial, as the slots of the process and Ray executors do."""
+    import threading
+
+    from harness.runner import RecipeResult, TrialResult
+    from harness.trial import Recipe, Trial
+
+    tracker = Tracker(tracking_uri)
+    exp = tracker.experiment_id("threads")
+    recipe = Recipe(arch="mlp")
+    first, second = (Trial("random", "digits", "digits", "mlp", 10, 100, seed, (), (recipe,)) for seed in (0, 1))
+    run_id = tracker.start_trial(exp, "", first)
+    assert tracker.claim(exp, first.key, run_id) is None
+    core = {"acc_mean": 50.0, "acc_std": 1.0, "acc_random": 45.0, "gain": 5.0}
+    result = TrialResult(first, "passed", metrics=dict(core), recipes=[
+        RecipeResult(recipe.label, recipe.params(), dict(core), [50.0], "sequential", 0, 1000)])
+    between, go_on, resumed = threading.Event(), threading.Event(), []
+    log_recipes = tracker._log_recipes
+
+    def held_between_requests(*args):
+        log_recipes(*args)
+        between.set()
+        resumed.append(go_on.wait(60))  # False: nobody got a request through meanwhile
+
+    tracker._log_recipes = held_between_requests
+    logging = threading.Thread(target=tracker.finish_trial, args=(run_id, result))
+    logging.start()
+    assert between.wait(120)
+    other = tracker.start_trial(exp, "", second)
+    assert tracker.claim(exp, second.key, other) is None
+    go_on.set()
+    logging.join(120)
+    assert resumed == [True]
+    assert tracker.client.get_run(run_id).info.status == "FINISHED"
+    assert tracker.client.get_run(other).info.status == "RUNNING"

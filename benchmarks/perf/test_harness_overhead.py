@@ -44,7 +44,7 @@ def test_grid_wall_time(benchmark, grid, tmp_path, _mlflow_template):
 
     g, plugins = grid
     benchmark.group = "harness-overhead"
-    benchmark.extra_info.update(bare=[], bench=[])
+    benchmark.extra_info.update(bare=[], bench=[], trials=len(g.trials))
     rounds = iter(range(100))
 
     def bare():
