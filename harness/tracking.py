@@ -55,7 +55,7 @@ class _Retrying:
 
     def __init__(self, client: Any, waits: tuple[float, ...] = RETRY_WAITS):
         self._client, self._waits = client, waits
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
