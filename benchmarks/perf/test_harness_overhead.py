@@ -5,7 +5,7 @@ Grid: digits (8x8), `random` and `dm` (200 iterations) at ipc 1 and 10, MLP, eva
 protocol (5 models x 300 epochs): 4 trials of a few seconds each on this CPU, short for a
 distillation trial, so the harness's fixed costs weigh more here than in real grids.
 Each round runs the bare trials and then the bench (fresh store), timed apart and kept in
-``extra_info`` (paired: both see the same machine load); overhead = median of bench / bare - 1
+``extra_info`` (paired: both see the same machine load); overhead = the median over rounds of bench / bare - 1
 (target <= 3%).
 Run: `make perf` or `.venv/bin/python -m pytest benchmarks/perf/test_harness_overhead.py`.
 """
