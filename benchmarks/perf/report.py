@@ -162,7 +162,8 @@ def render(data: dict, side: dict | None = None) -> str:
                         f"grid (the store's set-up, the summary table and its figures). None of it grows with a "
                         f"trial's length, so on a grid of this size it is under 3% for trials of "
                         f"{_fmt(per_trial / 0.03)} or more.", ""]
-            out += [*([info["note"], ""] if info.get("note") else [])]
+            if info.get("note"):
+                out += [info["note"], ""]
 
     if "executors" in groups:
         info = next(iter(groups["executors"].values())).get("extra_info", {})
@@ -226,9 +227,9 @@ def render(data: dict, side: dict | None = None) -> str:
                 "and each worker of the process and Ray executors, pays once; benchmarks/perf/test_data_load.py). "
                 "Medians of the rounds.", "", "| dataset | load |", "|---|---|"]
         for name, b in groups["data-cold-load"].items():
-            loads = sorted(b.get("extra_info", {}).get("load", []))
+            loads = b.get("extra_info", {}).get("load", [])
             if loads:
-                out.append(f"| {name} | {_fmt(loads[len(loads) // 2])} |")
+                out.append(f"| {name} | {_fmt(statistics.median(loads))} |")
         out.append("")
 
     for group, title in (("artifacts", "Trial artifacts"), ("eval-primitives", "Evaluation primitives (8x8 digits)")):
