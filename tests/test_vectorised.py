@@ -13,7 +13,7 @@ from torch import nn
 from harness.evaluate import evaluate, train_model
 from harness.specs import DistilledSet
 from harness.trial import Recipe
-from harness.vectorised import choose_mode, obstacle, train_together
+from harness.vectorised import choose_mode, interpretable, obstacle, probe, train_together
 
 CPU = torch.device("cpu")
 
@@ -43,16 +43,17 @@ def soft_set(shape, n=9, classes=3, dtype=torch.float64, meta=None):
     return DistilledSet(x, y, meta=dict(meta or {}))
 
 
-def trained_both_ways(build, dset, recipe, k=3):
+def trained_both_ways(build, dset, recipe, k=3, batching="auto"):
     torch.manual_seed(0)
     models = [build().double() for _ in range(k)]
     alone = [train_model(copy.deepcopy(m), dset, recipe, torch.Generator().manual_seed(10 + i), CPU)
              for i, m in enumerate(models)]
     together = train_together([copy.deepcopy(m) for m in models], dset, recipe,
-                              [torch.Generator().manual_seed(10 + i) for i in range(k)], CPU)
+                              [torch.Generator().manual_seed(10 + i) for i in range(k)], CPU, batching=batching)
     return alone, together
 
 
+@pytest.mark.parametrize("batching", ["layers", "vmap"])
 @pytest.mark.parametrize("build,shape", [(mlp, (1, 8, 8)), (convnet, (1, 8, 8)), (lenet, (1, 28, 28))],
                          ids=["mlp", "convnet-instancenorm", "lenet"])
 @pytest.mark.parametrize("recipe", [
@@ -60,13 +61,67 @@ def trained_both_ways(build, dset, recipe, k=3):
     Recipe(arch="a", optimizer="adam", lr=1e-3, epochs=3, batch_size=5),
     Recipe(arch="a", optimizer="ld-protocol", lr=1e-3),
 ], ids=["sgd", "adam", "ld-protocol"])
-def test_each_model_ends_where_the_sequential_path_takes_it(build, shape, recipe):
+def test_each_model_ends_where_the_sequential_path_takes_it(build, shape, recipe, batching):
+    assert interpretable(build())  # so "layers" is the path auto takes for these
     dset = soft_set(shape, meta={"test_steps": 6, "base_batch": 4})
-    alone, together = trained_both_ways(build, dset, recipe)
+    alone, together = trained_both_ways(build, dset, recipe, batching=batching)
     for a, b in zip(alone, together):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
             assert torch.allclose(p, q, atol=1e-10, rtol=0), name
     assert not torch.equal(together[0][-1].weight, together[1][-1].weight)  # K models, not one K times
+
+
+class ScaledLinear(nn.Linear):
+    """A linear layer whose forward is not nn.Linear's: the layer-by-layer path must not compute it."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class Reversed(nn.Sequential):
+    def forward(self, x):
+        for m in reversed(self):
+            x = m(x)
+        return x
+
+
+@pytest.mark.parametrize("model,expected", [
+    (convnet(norm="none"), True), (nn.Sequential(nn.Conv1d(2, 4, 3, groups=2), nn.GELU(), nn.Flatten()), True),
+    (nn.Sequential(nn.Flatten(), ScaledLinear(64, 3)), False),
+    (nn.Sequential(nn.Flatten(0), nn.Linear(64, 3)), False),
+    (nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 3)), False),
+    (nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect")), False),
+    (Reversed(nn.Linear(3, 3), nn.Flatten()), False),
+    (nn.Sequential(nn.Flatten(), nn.LayerNorm(64)), False),
+], ids=["convnet-nn", "grouped-conv1d", "subclass-forward", "flatten-0", "dropout", "reflect-pad", "own-order",
+        "layernorm"])
+def test_what_the_layer_by_layer_path_computes(model, expected):
+    assert interpretable(model) is expected
+
+
+@pytest.mark.parametrize("build", [
+    lambda: nn.Sequential(nn.Conv1d(2, 4, 3, groups=2, padding=1), nn.GroupNorm(2, 4), nn.Tanh(),
+                          nn.AdaptiveAvgPool1d(2), nn.Flatten(), nn.Linear(8, 3)),
+    lambda: nn.Sequential(nn.Flatten(1, -1), nn.Unflatten(1, (2, 8)), nn.Linear(8, 4, bias=False),
+                          nn.Flatten(), ScaledLinear(8, 3)),  # vmap: not interpretable
+], ids=["layers", "vmap"])
+def test_other_layers_train_as_their_own_forward_does(build):
+    alone, together = trained_both_ways(build, soft_set((2, 8)), Recipe(arch="a", epochs=3, batch_size=4))
+    for a, b in zip(alone, together):
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert torch.allclose(p, q, atol=1e-10, rtol=0)
+
+
+def test_a_batched_forward_that_differs_from_the_models_own_is_refused(monkeypatch):
+    import harness.vectorised as vectorised
+
+    real = vectorised.layered_forward
+    monkeypatch.setattr(vectorised, "layered_forward", lambda *a, **k: real(*a, **k) * 1.05)
+    models = [mlp() for _ in range(3)]
+    assert probe(models, soft_set((1, 8, 8), dtype=torch.float32), CPU) == \
+        "batched forward differs from the models' own"
+    monkeypatch.undo()
+    assert probe(models, soft_set((1, 8, 8), dtype=torch.float32), CPU) is None
 
 
 def test_dsa_augmentation_draws_from_each_models_own_generator():

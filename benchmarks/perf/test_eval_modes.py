@@ -5,7 +5,9 @@ Training only (the test pass is the same code on both paths): LeNet on a 10-ipc 
 Fashion-MNIST-shaped set for 2 epochs, MLP (width 128) for 20 epochs; batch 256 (one step an
 epoch), SGD as in the DC protocol. Compare the modes of one architecture within one run.
 
-``ceiling``: ONE model trained on the K sets at once (K x 100 images, one step an epoch): the same
+``vectorised`` batches layer by layer (harness.vectorised.layered_forward: all three archs are
+built of such layers); ``vmap`` is the same training through ``vmap(functional_call)``, the path
+any other model takes. ``ceiling``: ONE model trained on the K sets at once (K x 100 images, one step an epoch): the same
 arithmetic as K models with none of their per-model overhead, so sequential / ceiling bounds what
 any way of training the K models together can gain on this machine.
 Run: `make perf` or `.venv/bin/python -m pytest benchmarks/perf/test_eval_modes.py`.
@@ -37,7 +39,7 @@ def models_and_set(arch: str):
     return models, dset
 
 
-@pytest.mark.parametrize("mode", ["sequential", "vectorised", "ceiling"])
+@pytest.mark.parametrize("mode", ["sequential", "vectorised", "vmap", "ceiling"])
 @pytest.mark.parametrize("arch", list(CASES))
 def test_train_k_models(benchmark, arch, mode):
     models, dset = models_and_set(arch)
@@ -49,8 +51,9 @@ def test_train_k_models(benchmark, arch, mode):
         for k, m in enumerate(models):
             train_model(m, dset, recipe, torch.Generator().manual_seed(k), CPU)
 
-    def vectorised():
-        train_together(models, dset, recipe, [torch.Generator().manual_seed(k) for k in range(K)], CPU)
+    def vectorised(batching="auto"):
+        train_together(models, dset, recipe, [torch.Generator().manual_seed(k) for k in range(K)], CPU,
+                       batching=batching)
 
     big = DistilledSet(dset.x.repeat(K, 1, 1, 1), dset.y.repeat(K, 1))
     wide = Recipe(arch=arch, epochs=CASES[arch], models=1, batch_size=K * recipe.batch_size)
@@ -58,5 +61,6 @@ def test_train_k_models(benchmark, arch, mode):
     def ceiling():
         train_model(models[0], big, wide, torch.Generator().manual_seed(0), CPU)
 
-    run = {"sequential": sequential, "vectorised": vectorised, "ceiling": ceiling}[mode]
+    run = {"sequential": sequential, "vectorised": vectorised, "vmap": lambda: vectorised("vmap"),
+           "ceiling": ceiling}[mode]
     benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
