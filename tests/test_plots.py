@@ -29,6 +29,9 @@ def test_a_board_with_budgets_times_and_other_archs_gets_all_three_plots(tmp_pat
     assert sorted(figures) == ["d-accuracy-vs-budget.png", "d-cost-frontier.png", "d-cross-arch.png"]
     lines = figures["d-accuracy-vs-budget.png"].axes[0].get_lines()
     assert sorted(line.get_label() for line in lines) == ["dm", "random"]  # one line per distiller
+    axes = figures["d-accuracy-vs-budget.png"].axes[0]
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["1", "10"]  # the budgets run, labelled as such
+    assert not axes.xaxis.get_minorticklocs().size
     for figure in figures.values():
         plt.close(figure)
     written = write_plots(board(), tmp_path, "exp")
