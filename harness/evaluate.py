@@ -229,7 +229,7 @@ def evaluate(dset: DistilledSet, recipe: Recipe, build_model: Callable[[], nn.Mo
     if result.mode == VECTORISED:
         pairs = [first] + [fresh(k) for k in range(1, recipe.models)]
         models = [m for m, _ in pairs]
-        failed = probe(models, dset, device)
+        failed = probe(models, dset, device, precision(autocast, device))
         if failed:
             result.mode = f"sequential: {failed}"
         else:

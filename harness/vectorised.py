@@ -26,7 +26,7 @@ trial tag ``eval.mode/<recipe>``.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -182,25 +182,31 @@ def layered_forward(module: "nn.Module", params: dict, h: "torch.Tensor", prefix
     return h
 
 
-def probe(models: list["nn.Module"], dset: "DistilledSet", device: "torch.device") -> str | None:
+def probe(models: list["nn.Module"], dset: "DistilledSet", device: "torch.device",
+          precision: Any = None) -> str | None:
     """Run one batched forward and backward on the set's first two examples (no generator, no
-    optimizer touched) and compare each model's logits with its own forward's; why the K models
-    cannot train at once (e.g. a third-party layer vmap cannot batch), or None when they can."""
+    optimizer touched; under ``precision``, the context training runs in) and compare each model's
+    logits with its own forward's; why the K models cannot train at once (e.g. a third-party layer
+    vmap cannot batch), or None when they can."""
+    import contextlib
+
     import torch
 
     batching = "layers" if interpretable(models[0]) else "vmap"
     params, forward = stacked(models, batching)
     x, y = dset.x[:2].to(device), dset.y[:2].to(device)
-    try:
-        logits = forward(x.expand(len(models), *x.shape))
-        summed_loss(logits, y.expand(len(models), *y.shape)).backward()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not batched"; sequential is exact
-        return f"{'batched layers' if batching == 'layers' else 'vmap'} failed ({type(exc).__name__})"
-    with torch.no_grad():
-        own = torch.stack([m(x) for m in models])
-    # Loose enough for TF32 convolutions on CUDA (grouped and per-model kernels round differently);
-    # a layer computed wrongly is off by its whole size.
-    if (logits.detach() - own).abs().max() > 1e-2 * own.abs().max() + 1e-5:
+    with precision or contextlib.nullcontext():
+        try:
+            logits = forward(x.expand(len(models), *x.shape))
+            summed_loss(logits, y.expand(len(models), *y.shape)).backward()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not batched"; sequential is exact
+            return f"{'batched layers' if batching == 'layers' else 'vmap'} failed ({type(exc).__name__})"
+        with torch.no_grad():
+            own = torch.stack([m(x) for m in models])
+    # Loose enough for TF32 convolutions on CUDA and bf16 autocast (the batched and the per-model
+    # kernels round differently); a layer computed wrongly is off by its whole size.
+    tolerance = 1e-2 if logits.dtype in (torch.float32, torch.float64) else 1e-1
+    if (logits.detach() - own).abs().max() > tolerance * own.abs().max() + 1e-5:
         return "batched forward differs from the models' own"
     return None
 

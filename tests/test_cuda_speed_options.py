@@ -131,3 +131,17 @@ def test_the_report_keeps_and_labels_their_rows(tracking_uri):
     board = leaderboard(runs_frame(tracker, "speed"))
     assert len(board) == 2 and sorted(board["protocol"]) == ["300 ep x 5, init default",
                                                               "300 ep x 5, init default, bf16 compiled"]
+
+
+def test_k_models_batched_layer_by_layer_stay_batched_under_autocast():
+    """The batched forward is checked against each model's own in the precision training runs in:
+    bf16 rounds the two differently, and that alone must not send the models back to sequential."""
+    from harness_vision.archs import build_convnet, build_mlp
+
+    g = torch.Generator().manual_seed(0)
+    dset = DistilledSet(torch.randn(6, 1, 8, 8, generator=g), torch.eye(3).repeat(2, 1))
+    test = (torch.randn(5, 1, 8, 8, generator=g), torch.arange(5) % 3)
+    for build in (lambda: build_mlp((1, 8, 8), 3, width=8), lambda: build_convnet((1, 8, 8), 3, width=4, depth=2)):
+        ev = evaluate(dset, Recipe(arch="t", epochs=2, models=3), build, test, 0, torch.device("cpu"),
+                      mode="vectorised", autocast="bf16")
+        assert ev.mode == "vectorised" and len(ev.accs) == 3
