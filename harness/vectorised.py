@@ -7,10 +7,10 @@ forward passes run as one, and one optimizer steps the stacked tensors (SGD and 
 elementwise, so model k moves exactly as its own optimizer would move it). The batched forward
 goes layer by layer for models built of common layers (:func:`layered_forward`: a batched matmul
 per linear layer, a grouped convolution per convolution) and through ``torch.func.vmap`` of
-``functional_call`` for any other model; the first is leaner (an MLP's K models trained
-1.3-1.4x faster than under vmap on the AMD EPYC host, results/perf.md). Each model keeps its own init (built as in the sequential path), its own batch
-order and augmentation draws (its own generator, :func:`harness.evaluate.fit`) and is tested on
-its own. Only float summation order differs (a batched convolution runs as a grouped one), so
+``functional_call`` for any other model; the first is leaner (on the 2-core AMD EPYC host, K = 5
+MLPs trained 1.1-1.3x faster than under vmap and ConvNet-3s 1.1x: results/perf.md). Each model
+keeps its own init (built as in the sequential path), its own batch order and augmentation draws
+(its own generator, :func:`harness.evaluate.fit`) and is tested on its own. Only float summation order differs (a batched convolution runs as a grouped one), so
 per-model accuracies equal the sequential path's within float tolerance (tests/test_vectorised.py).
 
 Which path runs is the grid's ``eval_mode``: ``auto`` (default) vectorises on CUDA, where K small
@@ -84,6 +84,8 @@ def stacked(models: list["nn.Module"], batching: str = "auto") -> tuple[dict, Ca
     ``vmap(functional_call)``; "auto" takes "layers" where :func:`interpretable` says it can."""
     import torch
 
+    if batching not in BATCHINGS:
+        raise ValueError(f"unknown batching {batching!r}; use one of {BATCHINGS}")
     if batching == "auto":
         batching = "layers" if interpretable(models[0]) else "vmap"
     names = [k for k, _ in models[0].named_parameters()]
