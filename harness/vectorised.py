@@ -10,8 +10,9 @@ per linear layer, a grouped convolution per convolution) and through ``torch.fun
 ``functional_call`` for any other model; the first is leaner (on the 2-core AMD EPYC host, K = 5
 MLPs trained 1.1-1.3x faster than under vmap and ConvNet-3s 1.1x: results/perf.md). Each model
 keeps its own init (built as in the sequential path), its own batch order and augmentation draws
-(its own generator, :func:`harness.evaluate.fit`) and is tested on its own. Only float summation order differs (a batched convolution runs as a grouped one), so
-per-model accuracies equal the sequential path's within float tolerance (tests/test_vectorised.py).
+(its own generator, :func:`harness.evaluate.fit`) and is tested on its own. Only float summation
+order differs (a batched convolution runs as a grouped one), so per-model accuracies equal the
+sequential path's within float tolerance (tests/test_vectorised.py).
 
 Which path runs is the grid's ``eval_mode``: ``auto`` (default) vectorises on CUDA, where K small
 models leave the device idle one at a time, and on CPU only models without convolutions: there

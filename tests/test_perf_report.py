@@ -88,3 +88,14 @@ def test_a_host_where_vectorised_mlps_are_slower_is_told_so():
                                                         bench("eval-mlp", "test_train_k_models[mlp-vectorised]", 1.0)]},
                                 None)
     assert "| mlp |" in fast and "On this host they are slower" not in fast
+
+
+def test_a_negative_overhead_round_is_called_noise_only_when_there_is_one():
+    def rendered(bench_times):
+        data = {"machine_info": {}, "datetime": "", "commit_info": {}, "benchmarks": [
+            bench("harness-overhead", "test_grid_wall_time", 10.0, bare=[10.0, 10.0, 10.0], bench=bench_times)]}
+        return load_report().render(data, None)
+
+    assert "A negative overhead is noise" in rendered([9.9, 10.5, 10.6])
+    md = rendered([10.4, 10.5, 10.6])
+    assert "A negative overhead is noise" not in md and "One unrecorded warm-up round ran first" in md

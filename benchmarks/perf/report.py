@@ -156,8 +156,11 @@ def render(data: dict, side: dict | None = None) -> str:
                     "| bare trials | bench | overhead | target | |", "|---|---|---|---|---|",
                     f"| {_fmt(bare)} | {_fmt(bench)} | {over:+.1%} | ≤ 3% | {_verdict(over <= 0.03)} |", "",
                     "Each round's overhead, in order: "
-                    + ", ".join(f"{r:+.1%}" for r in rounds)
-                    + ". A negative overhead is noise: the difference is below what this machine resolves.", ""]
+                    + ", ".join(f"{r:+.1%}" for r in rounds) + "."
+                    + (" A negative overhead is noise: the difference is below what this machine resolves."
+                       if min(rounds) < 0 else "")
+                    + " One unrecorded warm-up round ran first (the first bare run pays the process's one-time "
+                    "costs).", ""]
             trials = info.get("trials", 4)
             if over > 0:
                 added = over * bare  # the median round's overhead, on the median bare time
