@@ -30,6 +30,12 @@ def lenet():
     return build_lenet((1, 28, 28), 3)
 
 
+def alexnet():  # local response norm and padded max pooling: per-example layers of their own
+    from harness_vision.archs import build_alexnet
+
+    return build_alexnet((1, 8, 8), 3, width=4, hidden=(8, 8))
+
+
 def mlp():
     from harness_vision.archs import build_mlp
 
@@ -54,8 +60,9 @@ def trained_both_ways(build, dset, recipe, k=3, batching="auto"):
 
 
 @pytest.mark.parametrize("batching", ["layers", "vmap"])
-@pytest.mark.parametrize("build,shape", [(mlp, (1, 8, 8)), (convnet, (1, 8, 8)), (lenet, (1, 28, 28))],
-                         ids=["mlp", "convnet-instancenorm", "lenet"])
+@pytest.mark.parametrize("build,shape", [(mlp, (1, 8, 8)), (convnet, (1, 8, 8)), (lenet, (1, 28, 28)),
+                                         (alexnet, (1, 8, 8))],
+                         ids=["mlp", "convnet-instancenorm", "lenet", "alexnet"])
 @pytest.mark.parametrize("recipe", [
     Recipe(arch="a", epochs=4, batch_size=4),  # SGD, momentum, weight decay, the lr decay at half
     Recipe(arch="a", optimizer="adam", lr=1e-3, epochs=3, batch_size=5),
