@@ -7,9 +7,9 @@ epoch), SGD as in the DC protocol. Compare the modes of one architecture within 
 
 ``vectorised`` batches layer by layer (harness.vectorised.layered_forward: all three archs are
 built of such layers); ``vmap`` is the same training through ``vmap(functional_call)``, the path
-any other model takes. ``ceiling``: ONE model trained on the K sets at once (K x 100 images, one step an epoch): the same
-arithmetic as K models with none of their per-model overhead, so sequential / ceiling bounds what
-any way of training the K models together can gain on this machine.
+any other model takes. ``ceiling``: ONE model trained on the K sets at once (K x 100 images, one
+step an epoch): the same arithmetic as K models with none of their per-model overhead, so
+sequential / ceiling bounds what any way of training the K models together can gain on this machine.
 Run: `make perf` or `.venv/bin/python -m pytest benchmarks/perf/test_eval_modes.py`.
 """
 
