@@ -59,8 +59,9 @@ def ld_protocol_applies(dset: DistilledSet) -> bool:
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against a distribution per example (one-hot rows give the usual CE)."""
-    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    """Cross-entropy against a distribution per example (one-hot rows give the usual CE), averaged
+    over the examples: [B, classes] -> a scalar; [K, B, classes] -> one loss per model, [K]."""
+    return -(target * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean(dim=-1)
 
 
 @torch.no_grad()

@@ -85,10 +85,7 @@ def stacked(models: list["nn.Module"], batching: str = "auto") -> tuple[dict, Ca
     ``vmap(functional_call)``; "auto" takes "layers" where :func:`interpretable` says it can."""
     import torch
 
-    if batching not in BATCHINGS:
-        raise ValueError(f"unknown batching {batching!r}; use one of {BATCHINGS}")
-    if batching == "auto":
-        batching = "layers" if interpretable(models[0]) else "vmap"
+    batching = resolve_batching(batching, models[0])
     names = [k for k, _ in models[0].named_parameters()]
     params = {k: torch.stack([dict(m.named_parameters())[k].detach() for m in models]) for k in names}
     for k, p in models[0].named_parameters():
@@ -103,13 +100,21 @@ def stacked(models: list["nn.Module"], batching: str = "auto") -> tuple[dict, Ca
     return params, lambda xs: batched(params, xs)
 
 
-def summed_loss(logits: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
-    """The sum over models of each model's soft-label cross-entropy
-    (:func:`harness.evaluate.soft_cross_entropy`, the same reductions per model): logits and
-    targets [K, B, classes]. Each model's gradient is then its own loss's."""
-    import torch.nn.functional as F
+def resolve_batching(batching: str, model: "nn.Module") -> str:
+    """``batching`` with "auto" resolved for ``model``: "layers" where :func:`interpretable`, else "vmap"."""
+    if batching not in BATCHINGS:
+        raise ValueError(f"unknown batching {batching!r}; use one of {BATCHINGS}")
+    if batching == "auto":
+        return "layers" if interpretable(model) else "vmap"
+    return batching
 
-    return -(targets * F.log_softmax(logits, dim=2)).sum(dim=2).mean(dim=1).sum()
+
+def summed_loss(logits: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
+    """The sum over models of each model's soft-label cross-entropy: logits and targets
+    [K, B, classes]. Each model's gradient is then its own loss's."""
+    from .evaluate import soft_cross_entropy
+
+    return soft_cross_entropy(logits, targets).sum()
 
 
 # Layers whose output for one example depends on that example alone and on no parameters: the K
@@ -195,7 +200,7 @@ def probe(models: list["nn.Module"], dset: "DistilledSet", device: "torch.device
 
     import torch
 
-    batching = "layers" if interpretable(models[0]) else "vmap"
+    batching = resolve_batching("auto", models[0])
     params, forward = stacked(models, batching)
     x, y = dset.x[:2].to(device), dset.y[:2].to(device)
     with precision or contextlib.nullcontext():
