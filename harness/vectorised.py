@@ -135,10 +135,12 @@ def summed_loss(logits: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tenso
 
 
 # Layers whose output for one example depends on that example alone and on no parameters: the K
-# models' batches run through them as one batch of K x B examples.
+# models' batches run through them as one batch of K x B examples. Those acting on each channel
+# alone (all but the last two) also run on the grouped layout of convolutions (layered_forward).
 _PER_EXAMPLE = ("ReLU", "ReLU6", "LeakyReLU", "ELU", "GELU", "SiLU", "Tanh", "Sigmoid", "Softplus", "Identity",
                 "Dropout", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "AdaptiveAvgPool1d",
                 "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "LocalResponseNorm", "Flatten")
+_ACROSS_CHANNELS = ("LocalResponseNorm", "Flatten")
 
 
 def interpretable(model: "nn.Module") -> bool:
@@ -167,44 +169,73 @@ def interpretable(model: "nn.Module") -> bool:
     return True
 
 
-def layered_forward(module: "nn.Module", params: dict, h: "torch.Tensor", prefix: str = "") -> "torch.Tensor":
+def layered_forward(module: "nn.Module", params: dict, h: "torch.Tensor") -> "torch.Tensor":
     """K models through ``module``'s layers at once: h [K, B, ...] -> [K, B, ...] (see
     :func:`interpretable`). A linear layer is one batched matmul, a convolution one grouped
     convolution (model k's channels are group k), a group norm one group norm over K x groups;
     per-example layers see the K x B examples as one batch. Same arithmetic per model as its own
-    forward, up to float summation order."""
+    forward, up to float summation order.
+
+    Between convolutions the activations stay in the grouped layout, [B, K x C, ...] (model k's
+    channels the k-th block), which convolutions, group norms and the layers acting on each channel
+    alone take as they are: the K models' activations are rearranged only where a layer needs them
+    apart (flatten, linear, local response norm). Rearranging them at every layer cost ConvNet-3
+    two copies of its largest activation per step, forward and backward."""
+    k = h.shape[0]
+    h, grouped = _layers(module, params, h, False, k, "")
+    return _apart(h, k) if grouped else h
+
+
+def _grouped(h: "torch.Tensor") -> "torch.Tensor":
+    """[K, B, C, ...] -> [B, K x C, ...]."""
+    return h.transpose(0, 1).reshape(h.shape[1], -1, *h.shape[3:])
+
+
+def _apart(h: "torch.Tensor", k: int) -> "torch.Tensor":
+    """[B, K x C, ...] -> [K, B, C, ...] (a view)."""
+    return h.reshape(h.shape[0], k, -1, *h.shape[2:]).transpose(0, 1)
+
+
+def _layers(module: "nn.Module", params: dict, h: "torch.Tensor", grouped: bool, k: int,
+            prefix: str) -> "tuple[torch.Tensor, bool]":
+    """:func:`layered_forward` over ``module``'s children: (h, whether h is in the grouped layout)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
 
+    channel_local = tuple(getattr(nn, name) for name in _PER_EXAMPLE if name not in _ACROSS_CHANNELS)
     for name, m in module.named_children():
         def p(kind: str) -> "torch.Tensor":
             return params[f"{prefix}{name}.{kind}"]
 
-        k, b = h.shape[:2]
         if type(m) is nn.Sequential:
-            h = layered_forward(m, params, h, f"{prefix}{name}.")
-        elif isinstance(m, nn.Linear):
-            flat = h.reshape(k, -1, h.shape[-1])
-            out = (torch.baddbmm(p("bias").unsqueeze(1), flat, p("weight")) if m.bias is not None
-                   else torch.bmm(flat, p("weight")))  # the weight stacked [K, in, out] (linear_weights)
-            h = out.reshape(*h.shape[:-1], out.shape[-1])
+            h, grouped = _layers(m, params, h, grouped, k, f"{prefix}{name}.")
         elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
             w = p("weight")
             conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
-            out = conv(h.transpose(0, 1).reshape(b, k * h.shape[2], *h.shape[3:]), w.reshape(-1, *w.shape[2:]),
-                       p("bias").reshape(-1) if m.bias is not None else None, m.stride, m.padding, m.dilation,
-                       k * m.groups)
-            h = out.reshape(b, k, w.shape[1], *out.shape[2:]).transpose(0, 1)
+            h = conv(h if grouped else _grouped(h), w.reshape(-1, *w.shape[2:]),
+                     p("bias").reshape(-1) if m.bias is not None else None, m.stride, m.padding, m.dilation,
+                     k * m.groups)
+            grouped = True
         elif isinstance(m, nn.GroupNorm):
-            out = F.group_norm(h.transpose(0, 1).reshape(b, -1, *h.shape[3:]), k * m.num_groups,
-                               p("weight").reshape(-1) if m.affine else None,
-                               p("bias").reshape(-1) if m.affine else None, m.eps)
-            h = out.reshape(b, k, *h.shape[2:]).transpose(0, 1)
+            h = F.group_norm(h if grouped else _grouped(h), k * m.num_groups,
+                             p("weight").reshape(-1) if m.affine else None,
+                             p("bias").reshape(-1) if m.affine else None, m.eps)
+            grouped = True
+        elif grouped and isinstance(m, channel_local):
+            h = m(h)  # acts on each channel alone: model k's block of channels stays its own
         else:
-            out = m(h.flatten(0, 1))
-            h = out.reshape(k, b, *out.shape[1:])
-    return h
+            if grouped:
+                h, grouped = _apart(h, k), False
+            if isinstance(m, nn.Linear):
+                flat = h.reshape(k, -1, h.shape[-1])
+                out = (torch.baddbmm(p("bias").unsqueeze(1), flat, p("weight")) if m.bias is not None
+                       else torch.bmm(flat, p("weight")))  # the weight stacked [K, in, out] (linear_weights)
+                h = out.reshape(*h.shape[:-1], out.shape[-1])
+            else:
+                out = m(h.flatten(0, 1))
+                h = out.reshape(k, -1, *out.shape[1:])
+    return h, grouped
 
 
 def probe(models: list["nn.Module"], dset: "DistilledSet", device: "torch.device",

@@ -131,6 +131,30 @@ def test_a_batched_forward_that_differs_from_the_models_own_is_refused(monkeypat
     assert probe(models, soft_set((1, 8, 8), dtype=torch.float32), CPU) is None
 
 
+class ChannelRoll(nn.ReLU):
+    """A subclass of a layer that acts on each channel alone which mixes channels instead."""
+
+    def forward(self, x):
+        return torch.relu(x.roll(1, dims=1))
+
+
+def test_a_layer_that_mixes_the_models_channels_in_the_grouped_layout_is_refused():
+    """Between convolutions the K models' channels lie side by side ([B, K x C, ...]); a layer that
+    claims to act on each channel alone but rolls them over hands model k's channel to model k + 1:
+    the check sees it and the recipe trains sequentially. The same layer after a linear layer, where
+    the models' activations lie apart, is exact."""
+    def mixed():
+        return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), ChannelRoll(), nn.Flatten(), nn.Linear(128, 3))
+
+    def apart():
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 4), ChannelRoll(), nn.Linear(4, 3))
+
+    dset = soft_set((1, 8, 8), dtype=torch.float32)
+    assert interpretable(mixed()) and interpretable(apart())
+    assert probe([mixed() for _ in range(3)], dset, CPU) == "batched forward differs from the models' own"
+    assert probe([apart() for _ in range(3)], dset, CPU) is None
+
+
 def test_dsa_augmentation_draws_from_each_models_own_generator():
     dset = soft_set((1, 8, 8))
     alone, together = trained_both_ways(convnet, dset, Recipe(arch="a", epochs=2, batch_size=4, augment="dsa"))
