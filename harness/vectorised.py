@@ -8,20 +8,20 @@ elementwise, so model k moves exactly as its own optimizer would move it). The b
 goes layer by layer for models built of common layers (:func:`layered_forward`: a batched matmul
 per linear layer, a grouped convolution per convolution) and through ``torch.func.vmap`` of
 ``functional_call`` for any other model; the first is leaner (on the 2-core AMD EPYC host, K = 5
-MLPs trained 1.1-1.3x faster than under vmap and ConvNet-3s 1.1x: results/perf.md). Each model
+MLPs trained 1.2-1.3x faster than under vmap and ConvNet-3s 1.1x: results/perf.md). Each model
 keeps its own init (built as in the sequential path), its own batch order and augmentation draws
 (its own generator, :func:`harness.evaluate.fit`) and is tested on its own. Only float summation
 order differs (a batched convolution runs as a grouped one), so per-model accuracies equal the
 sequential path's within float tolerance (tests/test_vectorised.py).
 
 Which path runs is the grid's ``eval_mode``: ``auto`` (default) vectorises on CUDA, where K small
-models leave the device idle one at a time, and on CPU only models without convolutions: there
-vmap's batched (grouped) convolutions measured slower than K separate ones, while an MLP trained
-1.3-1.7x faster on Intel Xeon hosts (0.83x and 1.32x in two runs on one AMD EPYC host: the CPU and
-its load decide; the choice stays fixed so that a grid's path never depends on a timing;
-results/perf.md); ``vectorised`` asks for it on any device; ``sequential`` never. Whatever is asked,
-a model or recipe it cannot do exactly falls back to sequential. The choice and its reason are the
-trial tag ``eval.mode/<recipe>``.
+models leave the device idle one at a time, and on CPU only models without convolutions. On the
+2-core AMD EPYC host K = 5 MLPs trained 1.7-1.8x faster at once, while batched convolutions at best
+matched K separate ones (ConvNet-3 0.97-1.01x, where even one model on the K sets at once gains
+only 1.02-1.05x; LeNet 0.82-0.95x), with K times the memory; the choice stays fixed so that a
+grid's path never depends on a timing (results/perf.md). ``vectorised`` asks for it on any device;
+``sequential`` never. Whatever is asked, a model or recipe it cannot do exactly falls back to
+sequential. The choice and its reason are the trial tag ``eval.mode/<recipe>``.
 """
 
 from __future__ import annotations
