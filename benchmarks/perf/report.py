@@ -114,7 +114,9 @@ def render(data: dict, side: dict | None = None) -> str:
             out.append(f"| {g[5:]} | {_fmt(seq['stats']['mean'])} | {_fmt(vec['stats']['mean'])} | "
                        f"{speedup:.2f}x | {beside('vmap')} | {beside('ceiling')} | {target} | {_verdict(ok)} |")
         out += ["", "`eval_mode = \"auto\"` vectorises convolutional models on CUDA only, and models without "
-                "convolutions (MLP) everywhere: vectorised MLPs measured 1.3-1.7x faster on Intel Xeon hosts."]
+                "convolutions (MLP) everywhere: vectorised MLPs measured 1.3-1.7x faster on Intel Xeon hosts. "
+                "On a CPU, batched convolutions at best match K separate ones (the ConvNet-3 ceiling) while "
+                "holding K models' activations at once, so `auto` keeps them sequential there."]
         if speedups.get("mlp", 1.0) < 1.0:
             out += [f"On this host they are slower ({speedups['mlp']:.2f}x): the CPU decides, and "
                     "`eval_mode = \"sequential\"` is the faster choice here for MLP grids."]
