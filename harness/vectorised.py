@@ -27,6 +27,7 @@ sequential. The choice and its reason are the trial tag ``eval.mode/<recipe>``.
 from __future__ import annotations
 
 import copy
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,9 +89,10 @@ def stacked(models: list["nn.Module"], batching: str = "auto") -> tuple[dict, Ca
 
     batching = resolve_batching(batching, models[0])
     flipped = linear_weights(models[0]) if batching == "layers" else set()
+    named = [dict(m.named_parameters()) for m in models]
     params = {}
-    for name, p in models[0].named_parameters():
-        stack = torch.stack([dict(m.named_parameters())[name].detach() for m in models])
+    for name, p in named[0].items():
+        stack = torch.stack([n[name].detach() for n in named])
         stack = stack.transpose(1, 2).contiguous() if name in flipped else stack
         params[name] = stack.requires_grad_(p.requires_grad)
 
@@ -143,6 +145,15 @@ _PER_EXAMPLE = ("ReLU", "ReLU6", "LeakyReLU", "ELU", "GELU", "SiLU", "Tanh", "Si
 _ACROSS_CHANNELS = ("LocalResponseNorm", "Flatten")
 
 
+@lru_cache(maxsize=1)
+def _per_example_layers() -> "tuple[tuple[type, ...], tuple[type, ...]]":
+    """The classes of :data:`_PER_EXAMPLE`: (all of them, those acting on each channel alone)."""
+    from torch import nn
+
+    return (tuple(getattr(nn, name) for name in _PER_EXAMPLE),
+            tuple(getattr(nn, name) for name in _PER_EXAMPLE if name not in _ACROSS_CHANNELS))
+
+
 def interpretable(model: "nn.Module") -> bool:
     """Whether :func:`layered_forward` computes ``model``: nn.Sequential containers (whose forward is
     their children in order) of Linear, Conv1d/Conv2d (zero padding), GroupNorm (these three with
@@ -151,7 +162,7 @@ def interpretable(model: "nn.Module") -> bool:
     Anything else goes through vmap, which needs no list of layers."""
     from torch import nn
 
-    per_example = tuple(getattr(nn, name) for name in _PER_EXAMPLE)
+    per_example, _ = _per_example_layers()
     own_forward = (nn.Linear.forward, nn.GroupNorm.forward, nn.Conv1d.forward, nn.Conv2d.forward)
     for m in model.modules():
         if type(m) is nn.Sequential:
@@ -203,7 +214,7 @@ def _layers(module: "nn.Module", params: dict, h: "torch.Tensor", grouped: bool,
     import torch.nn.functional as F
     from torch import nn
 
-    channel_local = tuple(getattr(nn, name) for name in _PER_EXAMPLE if name not in _ACROSS_CHANNELS)
+    _, channel_local = _per_example_layers()
     for name, m in module.named_children():
         def p(kind: str) -> "torch.Tensor":
             return params[f"{prefix}{name}.{kind}"]
