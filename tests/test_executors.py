@@ -185,3 +185,62 @@ def test_trials_running_at_once_each_get_a_live_bar_moved_by_their_streamed_poin
         plain.trial_done(a, done, 1.0)
     assert out.getvalue().splitlines() == [f"{a.label}: started (1 running)", f"    {a.label} step 7: loss=0.5",
                                            f"[1/2] {a.label}: acc 80.00% gain +5.00 (1.0s)"]
+
+
+def test_ctrl_c_stops_the_process_executor_when_the_signal_lands_on_one_of_its_threads():
+    """The kernel may hand a process's SIGINT to any of its threads; Python runs the handler in the
+    main thread only, between bytecodes. The driver's main thread, waiting on its slot threads, must
+    still raise KeyboardInterrupt (and stop the slots) while the trials run, not once one ends."""
+    import signal
+    import threading
+    import time
+
+    from harness.executors.process import ProcessExecutor
+
+    executor = ProcessExecutor(workers=2)
+    release = threading.Event()  # the "trials" end only when released: by the test's deadline at the latest
+    slots: list[int] = []
+    gave_up = threading.Event()
+
+    def run_trial(bound, compute):  # a trial in a slot thread, stopping when the driver stops, as Worker.run does
+        slots.append(threading.get_ident())
+        while not release.wait(0.05):
+            if executor._stop.is_set():
+                raise KeyboardInterrupt("the driver was interrupted")
+        return bound
+
+    def interrupt_a_slot_thread():
+        deadline = time.monotonic() + 120
+        while len(slots) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signal.pthread_kill(slots[0], signal.SIGINT)  # as if the kernel had chosen that thread
+        if not executor._stop.wait(60):  # generous: the driver wakes every WAKE_SECONDS
+            gave_up.set()  # it did not react: end the trials, so the test fails instead of hanging
+            release.set()
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # test workers ignore SIGINT
+    try:
+        threading.Thread(target=interrupt_a_slot_thread, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            list(executor.run(["trial-a", "trial-b"], run_trial))
+    finally:
+        release.set()
+        signal.signal(signal.SIGINT, previous)
+    assert not gave_up.is_set(), "the driver went on for 60 s after SIGINT, until its trials ended"
+    assert executor._stop.is_set() and len(slots) == 2
+
+
+def test_as_they_finish_yields_each_future_once_those_finishing_together_in_the_order_given():
+    from concurrent.futures import Future
+
+    from harness.executors import as_they_finish
+
+    futures = [Future() for _ in range(4)]
+    for i in (2, 0):
+        futures[i].set_result(i)
+    seen = as_they_finish(futures, wake_seconds=0.01)
+    assert [next(seen).result(), next(seen).result()] == [0, 2]
+    futures[3].set_result(3)
+    assert next(seen).result() == 3
+    futures[1].set_result(1)
+    assert [f.result() for f in seen] == [1]

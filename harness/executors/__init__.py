@@ -18,3 +18,29 @@ Executors are registered with the ``register_executors`` hook; the core register
 ``process`` and ``ray`` (:mod:`harness.core_plugin`). A constructor may take ``workers`` (``--workers``), ``address``
 (``--ray-address``) and ``resources`` (the grid's ``[resources]`` table).
 """
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+WAKE_SECONDS = 0.5
+
+
+def as_they_finish(futures: Iterable[Any], wake_seconds: float = WAKE_SECONDS) -> Iterator[Any]:
+    """``futures`` as they finish (those finishing together in the order given), like
+    :func:`concurrent.futures.as_completed`, but waking the calling thread every ``wake_seconds``.
+
+    Why: Python runs signal handlers in the main thread only, between bytecodes. The kernel may hand
+    a process's SIGINT (Ctrl-C) or SIGTERM to any of its threads; when it picks an executor's thread,
+    a main thread blocked in ``as_completed`` keeps sleeping until a trial ends, so Ctrl-C did
+    nothing for a whole trial (seen in a test run: the driver ran on for 300 s after SIGINT). Waking
+    it lets the pending handler run within ``wake_seconds``."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    order = list(futures)
+    pending = set(order)
+    while pending:
+        done, pending = wait(pending, timeout=wake_seconds, return_when=FIRST_COMPLETED)
+        if done:
+            yield from (f for f in order if f in done)
+            order = [f for f in order if f not in done]

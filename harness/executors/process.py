@@ -22,9 +22,11 @@ import os
 import queue as queue_module
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+
+from . import as_they_finish
 
 KILL_GRACE_SECONDS = 30.0  # past the trial's limit, the worker's own check had time to fail it cleanly
 CLOSE_SECONDS = 10.0  # an idle worker asked to exit gets this long before it is killed
@@ -72,7 +74,7 @@ class ProcessExecutor:
         pool = ThreadPoolExecutor(max_workers=len(self._workers), thread_name_prefix="harness-slot")
         futures = [pool.submit(one, bound) for bound in trials]
         try:
-            for future in as_completed(futures):
+            for future in as_they_finish(futures):  # Ctrl-C works while it waits
                 yield future.result()
         except BaseException:  # Ctrl-C, SIGTERM, a store that failed: stop everything, rerun resumes
             self._stop.set()

@@ -35,12 +35,13 @@ import shutil
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import ConfigError, one_line
 from ..lifecycle import trial_dir
+from . import as_they_finish
 from .process import relay
 
 FORWARDED_ENV = ("PYTHONPATH",)  # with every HARNESS_* variable: the tasks see what the driver sees
@@ -127,7 +128,7 @@ class RayExecutor:
         pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="harness-ray")
         futures = [pool.submit(one, bound) for bound in trials]
         try:
-            for future in as_completed(futures):
+            for future in as_they_finish(futures):  # Ctrl-C works while it waits
                 yield future.result()
         except BaseException:  # Ctrl-C, a store that failed: cancel everything, rerun resumes
             self._stop.set()
