@@ -191,25 +191,31 @@ def test_ctrl_c_stops_the_process_executor_when_the_signal_lands_on_one_of_its_t
     """The kernel may hand a process's SIGINT to any of its threads; Python runs the handler in the
     main thread only, between bytecodes. The driver's main thread, waiting on its slot threads, must
     still raise KeyboardInterrupt (and stop the slots) while the trials run, not once one ends."""
+    from harness.executors.process import ProcessExecutor
+
+    interrupt_a_slot_thread_while_trials_run(ProcessExecutor(workers=2))
+
+
+def interrupt_a_slot_thread_while_trials_run(executor) -> None:
+    """Run two never-ending trials (``executor``'s slot threads call a stand-in ``run_trial`` that
+    stops when the executor does, as the real ones do), send SIGINT to one slot thread, and check
+    that the driver's wait raises KeyboardInterrupt and stops the executor meanwhile."""
     import signal
     import threading
     import time
 
-    from harness.executors.process import ProcessExecutor
-
-    executor = ProcessExecutor(workers=2)
     release = threading.Event()  # the "trials" end only when released: by the test's deadline at the latest
     slots: list[int] = []
     gave_up = threading.Event()
 
-    def run_trial(bound, compute):  # a trial in a slot thread, stopping when the driver stops, as Worker.run does
+    def run_trial(bound, compute):
         slots.append(threading.get_ident())
         while not release.wait(0.05):
             if executor._stop.is_set():
                 raise KeyboardInterrupt("the driver was interrupted")
         return bound
 
-    def interrupt_a_slot_thread():
+    def interrupt():
         deadline = time.monotonic() + 120
         while len(slots) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -220,7 +226,7 @@ def test_ctrl_c_stops_the_process_executor_when_the_signal_lands_on_one_of_its_t
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # test workers ignore SIGINT
     try:
-        threading.Thread(target=interrupt_a_slot_thread, daemon=True).start()
+        threading.Thread(target=interrupt, daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
             list(executor.run(["trial-a", "trial-b"], run_trial))
     finally:

@@ -16,7 +16,7 @@ from harness.errors import ConfigError
 from harness.grid import build_grid
 from harness.tracking import Tracker
 
-from test_executors import DIGITS, accuracies
+from test_executors import DIGITS, accuracies, interrupt_a_slot_thread_while_trials_run
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra distill-harness[ray]; `make setup` installs it")
 pytestmark = pytest.mark.xdist_group("ray")  # one cluster for the module, in one test worker
@@ -85,6 +85,12 @@ def test_a_ray_trial_whose_worker_dies_or_hangs_fails_alone(ray_cluster, tmp_pat
     assert runs["hangs/tiny/tiny-mlp/ipc1/seed0"][::2] == ("FAILED", "TrialTimeout: timeout: the trial ran past "
                                                                      "trial_timeout = 20 s and was cancelled")
     assert runs["random/tiny/tiny-mlp/ipc1/seed0"][0] == "FINISHED"
+
+
+def test_ctrl_c_stops_the_ray_executor_when_the_signal_lands_on_one_of_its_threads(ray_cluster):
+    from harness.executors.ray_executor import RayExecutor
+
+    interrupt_a_slot_thread_while_trials_run(RayExecutor(workers=2))
 
 
 def test_resources_table_is_checked_and_reaches_the_executor(tiny_plugins):
