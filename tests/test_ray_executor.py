@@ -93,6 +93,26 @@ def test_ctrl_c_stops_the_ray_executor_when_the_signal_lands_on_one_of_its_threa
     interrupt_a_slot_thread_while_trials_run(RayExecutor(workers=2))
 
 
+def test_joining_ray_keeps_the_drivers_sigterm_handling(ray_cluster, tmp_path):
+    """ray.init sets SIGTERM to sys.exit(15) in the process that calls it: the driver's own handler
+    (`kill` ends the runs KILLED and prints how to resume, as Ctrl-C does) must be back afterwards.
+    Joins this module's cluster from a fresh process, as a driver does."""
+    import subprocess
+    import sys
+
+    script = (
+        "import signal\n"
+        "def mine(signum, frame): pass\n"
+        "signal.signal(signal.SIGTERM, mine)\n"
+        "from harness.executors.ray_executor import RayExecutor\n"
+        f"executor = RayExecutor(address={ray.get_runtime_context().gcs_address!r})\n"
+        "executor.start([], None)\n"
+        "print('kept' if signal.getsignal(signal.SIGTERM) is mine else signal.getsignal(signal.SIGTERM))\n"
+        "executor.close()\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "kept", done.stdout + done.stderr
+
+
 def test_resources_table_is_checked_and_reaches_the_executor(tiny_plugins):
     from harness.executors.ray_executor import RayExecutor
 

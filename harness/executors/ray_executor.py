@@ -32,6 +32,7 @@ import logging
 import os
 import queue as queue_module
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -77,6 +78,7 @@ class RayExecutor:
             level = logging.getLogger("ray").level
             logging.getLogger("ray").setLevel(logging.WARNING)  # its INFO lines would precede our one-line error
             env = {k: v for k, v in os.environ.items() if k.startswith("HARNESS_") or k in FORWARDED_ENV}
+            on_sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with sys.exit(15)
             try:
                 for attempt in (1, 2):
                     try:
@@ -98,6 +100,8 @@ class RayExecutor:
                                   f"(auto, HOST:PORT or ray://HOST:10001){hint}") from None
             finally:
                 logging.getLogger("ray").setLevel(level)
+                if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGTERM, on_sigterm)  # `kill` ends the runs KILLED, as Ctrl-C does
             self._started_cluster = True
 
     def close(self, kill: bool = False) -> None:
