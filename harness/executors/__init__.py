@@ -32,9 +32,9 @@ def as_they_finish(futures: Iterable[Any], wake_seconds: float = WAKE_SECONDS) -
 
     Why: Python runs signal handlers in the main thread only, between bytecodes. The kernel may hand
     a process's SIGINT (Ctrl-C) or SIGTERM to any of its threads; when it picks an executor's thread,
-    a main thread blocked in ``as_completed`` keeps sleeping until a trial ends, so Ctrl-C did
-    nothing for a whole trial (seen in a test run: the driver ran on for 300 s after SIGINT). Waking
-    it lets the pending handler run within ``wake_seconds``."""
+    a main thread blocked in ``as_completed`` keeps sleeping until a trial ends: Ctrl-C does nothing
+    for a whole trial (the likely cause of a test run whose process-executor driver ran on for 300 s
+    after SIGINT). Waking it lets the pending handler run within ``wake_seconds``."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
     order = list(futures)
