@@ -37,10 +37,8 @@ def as_they_finish(futures: Iterable[Any], wake_seconds: float = WAKE_SECONDS) -
     after SIGINT). Waking it lets the pending handler run within ``wake_seconds``."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
-    order = list(futures)
-    pending = set(order)
+    index = {future: i for i, future in enumerate(futures)}
+    pending = set(index)
     while pending:
         done, pending = wait(pending, timeout=wake_seconds, return_when=FIRST_COMPLETED)
-        if done:
-            yield from (f for f in order if f in done)
-            order = [f for f in order if f not in done]
+        yield from sorted(done, key=index.__getitem__)
