@@ -207,8 +207,8 @@ def render(data: dict, side: dict | None = None) -> str:
         mean, requests = b["stats"]["mean"], b.get("extra_info", {}).get("requests")
         one = next(iter(groups.get("mlflow-request", {}).values()), None)
         out += ["## MLflow cost per trial", "",
-                "Logging one finished trial (params, metrics, 200 curve points, per-model accuracies, a "
-                "safetensors artifact, a run per recipe: two recipes) into a sqlite store"
+                "Logging one finished trial (params, its dataset inputs, metrics, 200 curve points, per-model "
+                "accuracies, a safetensors artifact, a run per recipe: two recipes) into a sqlite store"
                 + (f"; measured separately from the rest of this file: {b['extra_info']['measured_separately']}"
                    if b.get("extra_info", {}).get("measured_separately") else "") + ".", ""]
         if requests and one:

@@ -47,8 +47,8 @@ def test_test_accuracy_on_digits_test_split(benchmark, digits, arch):
 
 
 def test_mlflow_logging_of_one_trial(benchmark, tracking_uri, tmp_path):
-    """Driver-side cost of logging one finished trial (params, metrics, curves, artifacts, and a run
-    per recipe: two recipes, as most grids evaluate)."""
+    """Driver-side cost of logging one finished trial (params, its dataset inputs, metrics, curves,
+    artifacts, and a run per recipe: two recipes, as most grids evaluate)."""
     from harness.runner import RecipeResult, TrialResult
     from harness.tracking import Tracker
     from harness.trial import Trial
@@ -61,7 +61,9 @@ def test_mlflow_logging_of_one_trial(benchmark, tracking_uri, tmp_path):
     art.mkdir()
     DistilledSet(torch.randn(100, 1, 8, 8), torch.eye(10).repeat(10, 1)).save(art / "distilled.safetensors")
     recipes = (Recipe(arch="mlp"), Recipe(arch="lenet"))
-    trial = Trial("random", "digits", "digits", "mlp", 10, 100, 0, (), recipes)
+    # the data fingerprints the plan gives every trial (harness.plan): its runs log them as dataset inputs
+    trial = Trial("random", "digits", "digits", "mlp", 10, 100, 0, (), recipes,
+                  data=(("fingerprint", "train 1797:0123456789ab test 1797:ba9876543210"),))
     core = {"acc_mean": 50.0, "acc_std": 1.0, "acc_random": 45.0, "gain": 5.0}
     result = TrialResult(trial, "passed", metrics={**core, "distill_seconds": 1.0, "eval_seconds": 2.0},
                          per_model={r.label: [50.0] * 5 for r in recipes},
