@@ -17,6 +17,8 @@ interrupted or failed).
 Executors are registered with the ``register_executors`` hook; the core registers ``inline``,
 ``process`` and ``ray`` (:mod:`harness.core_plugin`). A constructor may take ``workers`` (``--workers``), ``address``
 (``--ray-address``) and ``resources`` (the grid's ``[resources]`` table).
+An executor whose ``run`` waits on threads should wait with :func:`as_they_finish`, so that Ctrl-C
+and SIGTERM reach the driver whichever thread the kernel hands them to.
 """
 
 from __future__ import annotations
