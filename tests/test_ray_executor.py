@@ -1,6 +1,7 @@
 """The ``ray`` executor on a real local Ray cluster (2 CPUs, started once for this module): the same
 accuracies as ``inline``; a trial whose worker dies is retried once, then fails alone; a hung trial
-is cancelled; resources, the missing extra and the cluster's fit, each checked."""
+is cancelled; Ctrl-C and SIGTERM still reach the driver; resources, the missing extra and the cluster's
+fit, each checked."""
 
 from __future__ import annotations
 
