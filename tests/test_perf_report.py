@@ -99,3 +99,16 @@ def test_a_negative_overhead_round_is_called_noise_only_when_there_is_one():
     assert "A negative overhead is noise" in rendered([9.9, 10.5, 10.6])
     md = rendered([10.4, 10.5, 10.6])
     assert "A negative overhead is noise" not in md and "One unrecorded warm-up round ran first" in md
+
+
+def test_the_overhead_timed_inside_the_bench_gives_the_per_trial_and_per_grid_costs():
+    data = {"machine_info": {}, "datetime": "", "commit_info": {}, "benchmarks": [
+        bench("harness-overhead", "test_grid_wall_time", 10.0, bare=[8.0, 8.0, 8.0], bench=[9.0, 8.9, 9.2], trials=4,
+              inside=[8.1, 8.0, 8.3], per_trial_logging=[0.4, 0.32, 0.36], fixed=[0.5, 0.6, 0.55])]}
+    md = load_report().render(data, None)
+    assert "| 8.00 s | 9.00 s | +12.5% | ≤ 3% | **missed** |" in md  # the verdict stays the paired one
+    assert "**90.0 ms per trial** for its MLflow run" in md and "**550.0 ms per grid**" in md
+    assert "took 8.10 s inside the bench, +1.2% vs bare" in md
+    # (0.55 / 4 + 0.09) / 0.03 and (0.55 / 100 + 0.09) / 0.03
+    assert "under 3% for trials of 7.58 s or more on a grid of 4 trials, 3.18 s or more on a grid of 100." in md
+    assert "The bench added" not in md  # the estimate from the noisy difference gives way to the timed parts

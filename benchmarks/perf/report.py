@@ -71,6 +71,28 @@ def _side_by_side(side: dict) -> list[str]:
                   "dc/dsa/dm (DC code).", ""]
 
 
+def _overhead_parts(info: dict, bare: float, trials: int) -> list[str]:
+    """Where the bench's time outside the trial function goes, timed inside the same bench runs:
+    per trial (its MLflow run) and per grid (what does not grow with the grid), and what follows for
+    the trial length at which the overhead falls under 3%."""
+    fixed = statistics.median(info["fixed"])
+    per_trial = statistics.median(info["per_trial_logging"]) / trials
+    inside = statistics.median(info["inside"])
+    rounds = [i / b - 1 for b, i in zip(info["bare"], info["inside"])]
+
+    def threshold(n: int) -> str:
+        return _fmt((fixed / n + per_trial) / 0.03)
+
+    return [f"Where the time outside the trial function goes, timed inside the same bench runs (medians of "
+            f"rounds; read off one run, not a difference of two, so steadier than the paired overhead): "
+            f"**{_fmt(per_trial)} per trial** for its MLflow run (created, claimed, finished, a run per recipe) "
+            f"and **{_fmt(fixed)} per grid** (the store's set-up, the resume checks, the summary table and its "
+            f"figures). The trials themselves took {_fmt(inside)} inside the bench, {statistics.median(rounds):+.1%} "
+            "vs bare (the in-trial cost of live curves and progress, paired like the overhead). "
+            f"So the overhead is under 3% for trials of {threshold(trials)} or more on a grid of {trials} trials, "
+            f"{threshold(100)} or more on a grid of 100.", ""]
+
+
 def render(data: dict, side: dict | None = None) -> str:
     groups: dict[str, dict[str, dict]] = defaultdict(dict)
     for b in data["benchmarks"]:
@@ -164,7 +186,9 @@ def render(data: dict, side: dict | None = None) -> str:
                     + " One unrecorded warm-up round ran first (the first bare run pays the process's one-time "
                     "costs).", ""]
             trials = info.get("trials", 4)
-            if over > 0:
+            if info.get("fixed") and info.get("per_trial_logging") and info.get("inside"):
+                out += _overhead_parts(info, bare, trials)
+            elif over > 0:
                 added = over * bare  # the median round's overhead, on the median bare time
                 per_trial = added / trials
                 out += [f"The bench added {_fmt(added)} to {trials} trials of {_fmt(bare / trials)} each: "

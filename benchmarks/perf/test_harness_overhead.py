@@ -7,14 +7,26 @@ distillation trial, so the harness's fixed costs weigh more here than in real gr
 After one unrecorded warm-up round, each round runs the bare trials and then the bench (fresh
 store), timed apart and kept in ``extra_info`` (paired: both see the same machine load); overhead =
 the median over rounds of bench / bare - 1 (target <= 3%).
+
+The paired difference is what the target is about, but on this shared host it swings by tens of
+percent between rounds. So each bench round also times, inside itself, what it spends in the trial
+function (``inside``) and in the tracker's per-trial requests (``per_trial_logging``: run created,
+claimed, finished): the rest of the round (``fixed``: the store's set-up, the resume
+checks, the summary table and its figures) does not grow with the grid. These are read off one run,
+not from the difference of two, so they are stable where the paired overhead is not.
 Run: `make perf` or `.venv/bin/python -m pytest benchmarks/perf/test_harness_overhead.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import time
 
 import pytest
+
+# the driver's requests around each trial (streamed curve points are sent from inside the trial function)
+PER_TRIAL_LOGGING = ("start_trial", "claim", "finish_trial")
 
 GRID = {
     "name": "perf-overhead", "seeds": [0], "device": "cpu", "checkpoint_every": 0,
@@ -32,19 +44,45 @@ def grid():
     return build_grid(GRID, plugins, source="perf"), plugins
 
 
-def test_grid_wall_time(benchmark, grid, tmp_path, _mlflow_template):
-    import time
+@contextlib.contextmanager
+def timing(owner, names, totals: dict):
+    """While inside, every call of ``owner``'s attributes ``names`` adds its seconds to ``totals``
+    (under "seconds") and counts itself (under "calls")."""
+    real = {name: getattr(owner, name) for name in names}
 
+    def timed(function):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                totals["seconds"] = totals.get("seconds", 0.0) + time.perf_counter() - start
+                totals["calls"] = totals.get("calls", 0) + 1
+        return call
+
+    for name, function in real.items():
+        setattr(owner, name, timed(function))
+    try:
+        yield totals
+    finally:
+        for name, function in real.items():
+            setattr(owner, name, function)
+
+
+def test_grid_wall_time(benchmark, grid, tmp_path, _mlflow_template):
     from rich.console import Console
+
+    import harness.runner
 
     from bare_trials import run_plan
 
     from harness.bench import run_bench
     from harness.plan import prepare
+    from harness.tracking import Tracker
 
     g, plugins = grid
     benchmark.group = "harness-overhead"
-    benchmark.extra_info.update(bare=[], bench=[], trials=len(g.trials))
+    benchmark.extra_info.update(bare=[], bench=[], trials=len(g.trials), inside=[], per_trial_logging=[], fixed=[])
     rounds = iter(range(100))
 
     def bare():
@@ -53,15 +91,22 @@ def test_grid_wall_time(benchmark, grid, tmp_path, _mlflow_template):
     def bench():
         store = tmp_path / f"mlflow-{next(rounds)}.db"
         shutil.copy(_mlflow_template, store)
-        outcome = run_bench(g, plugins, tracking_uri=f"sqlite:///{store}", data_dir=tmp_path, device="cpu",
-                            console=Console(quiet=True))
-        assert outcome.passed == len(g.trials)
+        start = time.perf_counter()
+        with timing(harness.runner, ["run_trial"], {}) as inside, timing(Tracker, PER_TRIAL_LOGGING, {}) as logging:
+            outcome = run_bench(g, plugins, tracking_uri=f"sqlite:///{store}", data_dir=tmp_path, device="cpu",
+                                console=Console(quiet=True))
+        total = time.perf_counter() - start
+        assert outcome.passed == len(g.trials) == inside["calls"]  # each trial went through the timed function
+        return {"inside": inside["seconds"], "per_trial_logging": logging["seconds"],
+                "fixed": total - inside["seconds"] - logging["seconds"]}
 
     def paired():
         for name, run in (("bare", bare), ("bench", bench)):
             start = time.perf_counter()
-            run()
+            parts = run()
             benchmark.extra_info[name].append(time.perf_counter() - start)
+            for part, seconds in (parts or {}).items():
+                benchmark.extra_info[part].append(seconds)
 
     # One unrecorded round first: the first bare run pays this process's one-time costs (the data's
     # first load, lazy imports, first kernels), which made every first round's overhead negative.
