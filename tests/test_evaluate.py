@@ -191,3 +191,67 @@ def test_dsa_recipe_augments_every_batch_reproducibly(monkeypatch):
     assert any(not torch.equal(x, out) for x, out in seen)
     assert evaluate(dset, recipe, build, _tiny_load("test", None), 0, CPU).accs == a.accs
     assert recipe.label == "t/sgd/dsa" and Recipe(arch="t").label == "t/sgd"
+
+
+REGISTERED = [("mnist-subset", a) for a in ("mlp", "lenet", "alexnet", "convnet", "convnet-bn", "convnet-d1",
+                                            "convnet-d2", "convnet-d4", "convnet-nn")] + \
+             [("cifar10", a) for a in ("convnet", "resnet18", "resnet18-bn", "vgg11", "vgg11-bn")] + \
+             [("rotten-tomatoes", a) for a in ("textcnn", "bilstm", "rnn")]
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    from harness.plugins import load_plugins
+
+    return load_plugins()
+
+
+@pytest.mark.parametrize("dataset, arch", REGISTERED, ids=lambda v: v)
+def test_the_cpu_test_batch_fits_the_budget_and_changes_no_logit(plugins, dataset, arch):
+    """On a CPU each registered architecture is tested in batches whose largest activation fits the
+    budget; every logit is the one a batch of TEST_BATCH gives, bit for bit (so only the time changes)."""
+    from harness.evaluate import CPU_ACTIVATION_BUDGET, TEST_BATCH, test_batch
+
+    spec = plugins.datasets.get(dataset)
+    torch.manual_seed(0)
+    model = plugins.architectures.get(arch).build(spec.input_shape, spec.num_classes)
+    x = torch.randn(96, *spec.input_shape)
+    batch = test_batch(model, x, CPU)
+    assert 1 <= batch <= TEST_BATCH and batch & (batch - 1) == 0  # a power of two
+    assert not model.training  # probed in eval mode: batch norm used its running statistics, changed none
+    sizes = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.extend(
+        t.numel() * t.element_size() for t in (out if isinstance(out, tuple) else (out,)) if isinstance(t, torch.Tensor)))
+        for m in model.modules()]
+    with torch.no_grad():
+        whole = model(x)
+        for h in hooks:
+            h.remove()
+        per_example = max(sizes) / len(x)
+        assert batch * per_example <= CPU_ACTIVATION_BUDGET and (batch == TEST_BATCH or 2 * batch * per_example > CPU_ACTIVATION_BUDGET)
+        pieces = torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
+    assert torch.equal(pieces, whole)
+
+
+def test_the_test_batch_is_the_measured_one_for_the_protocols_archs_and_the_whole_batch_off_cpu(plugins):
+    from harness.evaluate import TEST_BATCH, test_batch
+
+    spec = plugins.datasets.get("mnist-subset")
+    x = torch.randn(4, *spec.input_shape)
+    got = {a: test_batch(plugins.architectures.get(a).build(spec.input_shape, 10), x, CPU)
+           for a in ("mlp", "lenet", "convnet")}
+    assert got == {"mlp": 2048, "lenet": 256, "convnet": 16}  # the batches timed in the docstring
+    model = plugins.architectures.get("convnet").build(spec.input_shape, 10)
+    assert test_batch(model, x, torch.device("cuda")) == TEST_BATCH  # not probed: a GPU wants big batches
+
+
+def test_evaluate_tests_each_model_in_the_cpu_test_batch(monkeypatch):
+    import harness.evaluate as evaluation
+
+    batches = []
+    real = evaluation.accuracy
+    monkeypatch.setattr(evaluation, "accuracy", lambda *a, batch, **k: batches.append(batch) or real(*a, batch=batch, **k))
+    monkeypatch.setattr(evaluation, "CPU_ACTIVATION_BUDGET", 1)  # every activation over it: one example at a time
+    x, y = _tiny_load("test", None)
+    evaluate(full_set(), Recipe(arch="t", epochs=1, models=2), build, (x, y), 0, CPU)
+    assert batches == [1, 1]
