@@ -32,8 +32,6 @@ _LAZY = {
     "class_balanced_indices": ("baseline", "class_balanced_indices"),
     "default_data_dir": ("data", "default_data_dir"),  # --data-dir / HARNESS_DATA_DIR / the default
     "load_plugins": ("plugins", "load_plugins"),
-    "inference_batch": ("inference", "inference_batch"),  # no-grad forwards in cache-sized pieces, bit-for-bit
-    "in_pieces": ("inference", "in_pieces"),
     "Features": ("features", "Features"),  # penultimate features of an arch declaring features=True  # what the harness sees (for plugin authors' tests)
 }
 

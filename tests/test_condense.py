@@ -231,39 +231,3 @@ def test_a_run_resumed_from_a_mid_trial_checkpoint_ends_exactly_as_an_uninterrup
     from harness.testing import check_resume
 
     check_resume(cls, crash_after=3, **config)
-
-
-def test_dm_embeds_real_batches_in_pieces_to_the_same_bit():
-    """Without batch norm a class's real batch goes through in pieces (harness.inference_batch):
-    the step, the loss and a whole distillation come out the same, bit for bit."""
-    import harness.inference as inference
-
-    def step(real_pieces):
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(4, 4), nn.ReLU(), nn.Flatten(),
-                            nn.Linear(64, TINY_CLASSES))
-        task = make_task(DM, ipc=2, iterations=1, batch_real=16, dsa=True)
-        syn = torch.randn(6, *TINY_SHAPE, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
-        loss = DM.iteration(net, syn, torch.optim.SGD([syn], lr=0.1), ipc=2, batch_real=16, rand=Randomness(task),
-                            dsa=DM.Config().dsa and __import__("harness").DSA(), real_pieces=real_pieces)
-        return loss, syn.detach()
-
-    whole, pieces = step(0), step(4)
-    assert whole[0] == pieces[0] and torch.equal(whole[1], pieces[1])
-
-    seen = []
-    real = inference.in_pieces
-    import harness_distillers.dm as dm
-    original = dm.in_pieces
-    dm.in_pieces = lambda f, x, batch: seen.append(batch) or real(f, x, batch)
-    try:
-        plain = DM().distill(make_task(DM, ipc=1, iterations=2, batch_real=40))
-        budget, inference.CPU_ACTIVATION_BUDGET = inference.CPU_ACTIVATION_BUDGET, 1  # the smallest pieces
-        try:
-            split = DM().distill(make_task(DM, ipc=1, iterations=2, batch_real=40))
-        finally:
-            inference.CPU_ACTIVATION_BUDGET = budget
-    finally:
-        dm.in_pieces = original
-    assert seen[:6] == [40] * 6 and seen[6:] == [inference.MIN_PIECE] * 6  # 2 iterations x 3 classes; 40 halved, not below 16
-    assert torch.equal(plain.x, split.x)

@@ -207,18 +207,18 @@ def plugins():
 
 
 @pytest.mark.parametrize("dataset, arch", REGISTERED, ids=lambda v: v)
-def test_pieces_fit_the_budget_on_a_cpu_and_change_no_output(plugins, dataset, arch):
-    """On a CPU each registered architecture (in eval mode, as tested) runs in pieces whose largest
-    activation fits the budget; every logit is the one the whole batch gives, bit for bit."""
-    from harness import in_pieces, inference_batch
-    from harness.inference import CPU_ACTIVATION_BUDGET, MIN_PIECE
+def test_the_cpu_test_batch_fits_the_budget_and_changes_no_logit(plugins, dataset, arch):
+    """On a CPU each registered architecture is tested in batches whose largest activation fits the
+    budget; every logit is the one a batch of TEST_BATCH gives, bit for bit (so only the time changes)."""
+    from harness.evaluate import CPU_ACTIVATION_BUDGET, TEST_BATCH, test_batch
 
     spec = plugins.datasets.get(dataset)
     torch.manual_seed(0)
-    model = plugins.architectures.get(arch).build(spec.input_shape, spec.num_classes).eval()
-    x = torch.randn(100, *spec.input_shape)  # pieces of 16, 32, 64 leave a remainder: spread over the pieces
-    batch = inference_batch(model, x, CPU)
-    assert MIN_PIECE <= batch <= 2048 and batch & (batch - 1) == 0  # 2048 halved
+    model = plugins.architectures.get(arch).build(spec.input_shape, spec.num_classes)
+    x = torch.randn(96, *spec.input_shape)
+    batch = test_batch(model, x, CPU)
+    assert 1 <= batch <= TEST_BATCH and batch & (batch - 1) == 0  # a power of two
+    assert not model.training  # probed in eval mode: batch norm used its running statistics, changed none
     sizes = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.extend(
         t.numel() * t.element_size() for t in (out if isinstance(out, tuple) else (out,)) if isinstance(t, torch.Tensor)))
@@ -228,48 +228,30 @@ def test_pieces_fit_the_budget_on_a_cpu_and_change_no_output(plugins, dataset, a
         for h in hooks:
             h.remove()
         per_example = max(sizes) / len(x)
-        assert batch == MIN_PIECE or batch * per_example <= CPU_ACTIVATION_BUDGET
-        assert batch == 2048 or 2 * batch * per_example > CPU_ACTIVATION_BUDGET
-        assert torch.equal(in_pieces(model, x, batch), whole)
-    assert not model.training  # the probe kept the model's mode
+        assert batch * per_example <= CPU_ACTIVATION_BUDGET and (batch == TEST_BATCH or 2 * batch * per_example > CPU_ACTIVATION_BUDGET)
+        pieces = torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
+    assert torch.equal(pieces, whole)
 
 
-def test_the_pieces_are_the_measured_ones_and_the_whole_batch_where_outputs_depend_on_it(plugins):
-    from harness import inference_batch
+def test_the_test_batch_is_the_measured_one_for_the_protocols_archs_and_the_whole_batch_off_cpu(plugins):
+    from harness.evaluate import TEST_BATCH, test_batch
 
     spec = plugins.datasets.get("mnist-subset")
-    x = torch.randn(300, *spec.input_shape)
-    built = {a: plugins.architectures.get(a).build(spec.input_shape, 10).eval() for a in ("mlp", "lenet", "convnet")}
-    assert {a: inference_batch(m, x, CPU) for a, m in built.items()} == {"mlp": 2048, "lenet": 256, "convnet": 16}
-    assert inference_batch(built["convnet"], x, CPU, most=8) == 8
-    assert inference_batch(plugins.architectures.get("resnet18").build((3, 128, 128), 10).eval(),
-                           torch.randn(2, 3, 128, 128), CPU) == 16  # 4 MiB an image: never below MIN_PIECE
-    assert inference_batch(built["convnet"], x, torch.device("cuda")) == 2048  # not probed: a GPU wants big batches
-    bn = plugins.architectures.get("convnet-bn").build(spec.input_shape, 10)
-    assert inference_batch(bn.train(), x, CPU) == 300  # batch statistics: the whole batch or other outputs
-    assert inference_batch(bn.eval(), x, CPU) == 16
-    text = plugins.datasets.get("rotten-tomatoes")
-    cnn = plugins.architectures.get("textcnn").build(text.input_shape, text.num_classes)
-    assert inference_batch(cnn.train(), torch.randn(40, *text.input_shape), CPU) == 40  # dropout draws
+    x = torch.randn(4, *spec.input_shape)
+    got = {a: test_batch(plugins.architectures.get(a).build(spec.input_shape, 10), x, CPU)
+           for a in ("mlp", "lenet", "convnet")}
+    assert got == {"mlp": 2048, "lenet": 256, "convnet": 16}  # the batches timed in the docstring
+    model = plugins.architectures.get("convnet").build(spec.input_shape, 10)
+    assert test_batch(model, x, torch.device("cuda")) == TEST_BATCH  # not probed: a GPU wants big batches
 
 
-def test_evaluate_tests_each_model_in_its_pieces(monkeypatch):
+def test_evaluate_tests_each_model_in_the_cpu_test_batch(monkeypatch):
     import harness.evaluate as evaluation
-    import harness.inference as inference
 
     batches = []
     real = evaluation.accuracy
     monkeypatch.setattr(evaluation, "accuracy", lambda *a, batch, **k: batches.append(batch) or real(*a, batch=batch, **k))
-    monkeypatch.setattr(inference, "CPU_ACTIVATION_BUDGET", 1)  # every activation over it: the smallest pieces
+    monkeypatch.setattr(evaluation, "CPU_ACTIVATION_BUDGET", 1)  # every activation over it: one example at a time
     x, y = _tiny_load("test", None)
     evaluate(full_set(), Recipe(arch="t", epochs=1, models=2), build, (x, y), 0, CPU)
-    assert batches == [inference.MIN_PIECE] * 2
-
-
-@pytest.mark.parametrize("n, batch, sizes", [(100, 16, [17, 17, 17, 17, 16, 16]), (10_000, 16, [16] * 625),
-                                             (10, 16, [10]), (31, 16, [31]), (32, 16, [16, 16]), (0, 16, [0])])
-def test_pieces_spread_the_examples_evenly_with_no_small_remainder(n, batch, sizes):
-    from harness.inference import pieces
-
-    got = pieces(n, batch)
-    assert [s.stop - s.start for s in got] == sizes and got[0].start == 0 and got[-1].stop == n
+    assert batches == [1, 1]

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness import DSA, Capabilities, Distiller, Features, TrialError, in_pieces, inference_batch
+from harness import DSA, Capabilities, Distiller, Features, TrialError
 
 from .condense import (CondensationConfig, Randomness, condensed_set, dsa_for, has_batchnorm, image_optimizer,
                        images_per_class, initial_images, offer_checkpoint, resume_images)
@@ -100,14 +100,11 @@ class DM(Distiller):
 
         task.expect_steps(cfg.iterations)
         done = resume_images(task, syn, opt)  # 0, or where a mid-trial checkpoint stopped
-        pieces = 0  # real images embedded at once: found on the first network (the same for every one)
         for it in range(done, cfg.iterations):
             if task.time_left() <= 0:
                 break
             net = task.make_model().to(task.device)  # psi <- a fresh network, never trained
-            pieces = pieces or inference_batch(net.train(), syn[:1], task.device, cfg.batch_real)
-            loss = self.iteration(net, syn, opt, ipc=ipc, batch_real=cfg.batch_real, rand=rand, dsa=dsa,
-                                  real_pieces=pieces)
+            loss = self.iteration(net, syn, opt, ipc=ipc, batch_real=cfg.batch_real, rand=rand, dsa=dsa)
             done = it + 1
             task.log(it, loss=loss)
             offer_checkpoint(task, done, syn, opt)
@@ -115,15 +112,12 @@ class DM(Distiller):
         return condensed_set(syn, ipc, task.num_classes, iterations_done=done, init=cfg.init, dsa=cfg.dsa)
 
     @staticmethod
-    def iteration(net, syn, opt, *, ipc: int, batch_real: int, rand: Randomness, dsa: DSA | None,
-                  real_pieces: int = 0) -> float:
+    def iteration(net, syn, opt, *, ipc: int, batch_real: int, rand: Randomness, dsa: DSA | None) -> float:
         """One iteration of ``main_DM.py``: freeze ``net`` (train mode), embed a real batch and the
         synthetic images of every class (one siamese DSA draw per class), step the images on the
         summed squared distance of the mean embeddings. Returns the code's ``loss_avg`` (the loss
         divided by the class count). With batch norm, all classes pass the network together (the
-        code's ConvNetBN branch), so the batch statistics mix classes as there. Without, a class's
-        real batch (no gradient) goes through in pieces of ``real_pieces`` (0: whole;
-        :func:`harness.inference_batch`): the same embeddings bit for bit, faster on a CPU."""
+        code's ConvNetBN branch), so the batch statistics mix classes as there."""
         num_classes = len(syn) // ipc
         net.train()
         for p in net.parameters():
@@ -147,7 +141,7 @@ class DM(Distiller):
             loss = syn.new_zeros(())
             for real, fake in zip(reals, fakes):
                 with torch.no_grad():
-                    mean_real = in_pieces(embed, real, real_pieces or len(real)).mean(0)
+                    mean_real = embed(real).mean(0)
                 loss = loss + (mean_real - embed(fake).mean(0)).square().sum()
         if not torch.isfinite(loss):
             raise TrialError(f"dm: matching loss became {loss.item()}; lower lr_img")
