@@ -24,8 +24,7 @@ from .init import init_model
 from .specs import DistilledSet
 from .trial import Recipe, derive_seed
 
-TEST_BATCH = 2048  # test examples per forward on CUDA, and the most on a CPU (see test_batch)
-CPU_ACTIVATION_BUDGET = 8 << 20  # bytes: a CPU test batch's largest activation, to stay in cache
+TEST_BATCH = 2048
 
 
 @dataclass
@@ -63,45 +62,6 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     """Cross-entropy against a distribution per example (one-hot rows give the usual CE), averaged
     over the examples: [B, classes] -> a scalar; [K, B, classes] -> one loss per model, [K]."""
     return -(target * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean(dim=-1)
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    return []
-
-
-@torch.no_grad()
-def test_batch(model: nn.Module, x: torch.Tensor, device: torch.device) -> int:
-    """How many test examples go through ``model`` at once: TEST_BATCH off CPU; on a CPU the largest
-    power of two up to TEST_BATCH whose largest activation (found by a forward of one example) fits
-    in CPU_ACTIVATION_BUDGET, so each layer's output stays in the last-level cache instead of
-    streaming through memory. A fixed budget, not the host's cache size: the batch, like everything
-    else in a trial, is the same on every host. An example's outputs do not depend on the batch it
-    is in (bit for bit for the registered architectures: tests/test_evaluate.py), so only the time
-    changes. On the 2-core AMD EPYC host (32 MiB L3; /tmp scratch scripts, medians of 3 alternating
-    rounds): ConvNet-3 tested 10,000 MNIST-shaped images in 9.0 s at its batch of 16 vs 20.6 s at
-    2048 (2.3x; 1.9 s at 16, 3.1 s at 32, 4.3 s at 256 on 2048 images); ResNet-18 1.5-1.7x at 32,
-    VGG-11 1.4x, AlexNet 1.8x, TextCNN 2.0x, the BiLSTM 1.3x; LeNet (256), the RNN and the MLP
-    (2048) gain nothing."""
-    if device.type != "cpu":
-        return TEST_BATCH
-    sizes = [x[:1].numel() * x.element_size()]
-    hooks = [m.register_forward_hook(lambda _m, _in, out: sizes.extend(t.numel() * t.element_size()
-                                                                       for t in _tensors(out)))
-             for m in model.modules()]
-    try:
-        model.eval()
-        model(x[:1])
-    finally:
-        for hook in hooks:
-            hook.remove()
-    batch = TEST_BATCH
-    while batch > 1 and batch * max(sizes) > CPU_ACTIVATION_BUDGET:
-        batch //= 2
-    return batch
 
 
 @torch.no_grad()
@@ -260,14 +220,12 @@ def evaluate(dset: DistilledSet, recipe: Recipe, build_model: Callable[[], nn.Mo
 
     def tested(k: int, model: nn.Module) -> None:
         with precision(autocast, device):
-            acc = accuracy(model, *test, batch=batch)
+            acc = accuracy(model, *test)
         result.accs.append(acc)
         if on_model:
             on_model(k, acc)
 
     first = fresh(0)
-    with precision(autocast, device):  # the activations the test pass will hold
-        batch = test_batch(first[0], test[0], device)
     result.mode = "sequential: compile" if compile else choose_mode(first[0], recipe, device, mode)
     if result.mode == VECTORISED:
         pairs = [first] + [fresh(k) for k in range(1, recipe.models)]
