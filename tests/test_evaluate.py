@@ -191,3 +191,42 @@ def test_dsa_recipe_augments_every_batch_reproducibly(monkeypatch):
     assert any(not torch.equal(x, out) for x, out in seen)
     assert evaluate(dset, recipe, build, _tiny_load("test", None), 0, CPU).accs == a.accs
     assert recipe.label == "t/sgd/dsa" and Recipe(arch="t").label == "t/sgd"
+
+
+REGISTERED = [("mnist-subset", a) for a in ("mlp", "lenet", "alexnet", "convnet", "convnet-bn", "convnet-d1",
+                                            "convnet-d2", "convnet-d4", "convnet-nn")] + \
+             [("cifar10", a) for a in ("convnet", "resnet18", "vgg11")] + \
+             [("rotten-tomatoes", a) for a in ("textcnn", "bilstm", "rnn")]
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    from harness.plugins import load_plugins
+
+    return load_plugins()
+
+
+@pytest.mark.parametrize("dataset, arch", REGISTERED, ids=lambda v: v)
+def test_testing_in_batches_gives_one_batchs_logits_bit_for_bit(plugins, dataset, arch):
+    """The test pass's batches (TEST_BATCH, the DC code's 256) change no logit of any registered
+    architecture on a CPU, the last, smaller batch included: the batch size is memory and time only."""
+    from harness.evaluate import TEST_BATCH
+
+    spec = plugins.datasets.get(dataset)
+    torch.manual_seed(0)
+    model = plugins.architectures.get(arch).build(spec.input_shape, spec.num_classes).eval()
+    x = torch.randn(TEST_BATCH + 16, *spec.input_shape)
+    with torch.no_grad():
+        batched = torch.cat([model(x[i : i + TEST_BATCH]) for i in range(0, len(x), TEST_BATCH)])
+        assert torch.equal(batched, model(x))
+
+
+def test_the_test_pass_runs_in_the_dc_codes_batches(monkeypatch):
+    from harness.evaluate import TEST_BATCH
+
+    seen = []
+    model = build()
+    monkeypatch.setattr(model, "forward", lambda x, real=model.forward: seen.append(len(x)) or real(x))
+    test = (torch.randn(600, *TINY_SHAPE), torch.randint(0, TINY_CLASSES, (600,)))
+    evaluate(full_set(), Recipe(arch="t", epochs=1, models=1), lambda: model, test, 0, CPU)
+    assert TEST_BATCH == 256 and seen[-3:] == [256, 256, 88]
