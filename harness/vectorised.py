@@ -19,9 +19,9 @@ models leave the device idle one at a time, and on CPU only models without convo
 2-core AMD EPYC host K = 5 MLPs trained 1.66-1.88x faster at once, while batched convolutions at
 best matched K separate ones (ConvNet-3 0.97-1.02x, where even one model on the K sets at once gains
 only 1.00-1.05x; LeNet 0.66-0.95x; five runs of make perf), with K times the memory; the choice
-stays fixed so that a grid's path never depends on a timing (results/perf.md). ``vectorised`` asks for it on any device;
-``sequential`` never. Whatever is asked, a model or recipe it cannot do exactly falls back to
-sequential. The choice and its reason are the trial tag ``eval.mode/<recipe>``.
+stays fixed so that a grid's path never depends on a timing (results/perf.md). ``vectorised`` asks
+for it on any device; ``sequential`` never. Whatever is asked, a model or recipe it cannot do
+exactly falls back to sequential. The choice and its reason are the trial tag ``eval.mode/<recipe>``.
 """
 
 from __future__ import annotations

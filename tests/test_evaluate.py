@@ -193,6 +193,8 @@ def test_dsa_recipe_augments_every_batch_reproducibly(monkeypatch):
     assert recipe.label == "t/sgd/dsa" and Recipe(arch="t").label == "t/sgd"
 
 
+# every registered architecture but the -bn twins of resnet18 and vgg11 (the same convolutions; in eval mode
+# their batch norm is per example)
 REGISTERED = [("mnist-subset", a) for a in ("mlp", "lenet", "alexnet", "convnet", "convnet-bn", "convnet-d1",
                                             "convnet-d2", "convnet-d4", "convnet-nn")] + \
              [("cifar10", a) for a in ("convnet", "resnet18", "vgg11")] + \
@@ -208,8 +210,8 @@ def plugins():
 
 @pytest.mark.parametrize("dataset, arch", REGISTERED, ids=lambda v: v)
 def test_testing_in_batches_gives_one_batchs_logits_bit_for_bit(plugins, dataset, arch):
-    """The test pass's batches (TEST_BATCH, the DC code's 256) change no logit of any registered
-    architecture on a CPU, the last, smaller batch included: the batch size is memory and time only."""
+    """The test pass's batches (TEST_BATCH, the DC code's 256) change no logit of the registered
+    architectures on a CPU, the last, smaller batch included: the batch size is memory and time only."""
     from harness.evaluate import TEST_BATCH
 
     spec = plugins.datasets.get(dataset)
