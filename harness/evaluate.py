@@ -26,7 +26,7 @@ from .trial import Recipe, derive_seed
 
 # Test examples per forward: the DC code's test loader (``utils.get_dataset``: batch_size=256,
 # shuffle=False). An example's logits are the same in batches of 256 as in one batch, bit for bit, for
-# every registered architecture (tests/test_evaluate.py); what changes is memory and time. At 2048,
+# the registered architectures (tests/test_evaluate.py); what changes is memory and time. At 2048,
 # ConvNet-3's activations pass the allocator's 1 GiB mmap threshold (harness.allocator): its test
 # pass on 10,000 MNIST-shaped images peaked at 4.4 GB of RSS and took 15.8 s; at 256, 1.1 GB and 9.7 s
 # (one fresh process each, the trial's allocator setting; /tmp scratch script on the 2-core AMD EPYC

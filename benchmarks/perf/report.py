@@ -71,7 +71,7 @@ def _side_by_side(side: dict) -> list[str]:
                   "dc/dsa/dm (DC code).", ""]
 
 
-def _overhead_parts(info: dict, bare: float, trials: int) -> list[str]:
+def _overhead_parts(info: dict, trials: int) -> list[str]:
     """Where the bench's time outside the trial function goes, timed inside the same bench runs:
     per trial (its MLflow run) and per grid (what does not grow with the grid), and what follows for
     the trial length at which the overhead falls under 3%."""
@@ -187,7 +187,7 @@ def render(data: dict, side: dict | None = None) -> str:
                     "costs).", ""]
             trials = info.get("trials", 4)
             if info.get("fixed") and info.get("per_trial_logging") and info.get("inside"):
-                out += _overhead_parts(info, bare, trials)
+                out += _overhead_parts(info, trials)
             elif over > 0:
                 added = over * bare  # the median round's overhead, on the median bare time
                 per_trial = added / trials
