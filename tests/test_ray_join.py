@@ -35,29 +35,39 @@ def running_cluster(tmp_path):
 
     from conftest import free_port
 
-    gcs, client, first_worker = free_port(), free_port(), 30000 + os.getpid() % 20000
     temp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # Ray's socket paths must stay short
     # a loaded machine starts the head's per-client Ray Client server slowly (its default wait: 30 s,
     # too short here). Not much longer either: when that server fails at once (it does, now and then,
     # under load), Ray's client only gives up after this wait (its log stream hangs until then),
     # and the executor's second attempt follows; 300 s made such a run take over 6 minutes
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "90"}
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(gcs),
-         "--ray-client-server-port", str(client), "--min-worker-port", str(first_worker),
-         "--max-worker-port", str(first_worker + 100), "--num-cpus", "1", "--temp-dir", temp,
-         "--include-dashboard", "false", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
+    log = tmp_path / "ray-start.log"
+    for attempt in range(3):  # a head that exits while starting (a port taken meanwhile): again, new ports
+        gcs, client, first_worker = free_port(), free_port(), 30000 + (os.getpid() + 200 * attempt) % 20000
+        with open(log, "w") as out:
+            head = subprocess.Popen(
+                [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(gcs),
+                 "--ray-client-server-port", str(client), "--min-worker-port", str(first_worker),
+                 "--max-worker-port", str(first_worker + 100), "--num-cpus", "1", "--temp-dir", temp,
+                 "--include-dashboard", "false", "--disable-usage-stats"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 300  # a loaded machine starts Ray slowly: wait on the port, not a clock
-        while True:
+        while head.poll() is None:
             try:
                 socket.create_connection(("127.0.0.1", client), timeout=2).close()
                 break
             except OSError:
-                assert head.poll() is None, "ray start --head exited"
                 assert time.monotonic() < deadline, "the Ray Client server did not start"
                 time.sleep(1)
+        if head.poll() is None:
+            break
+        try:  # what it had started goes with it
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    else:
+        raise AssertionError("ray start --head exited three times; the last said:\n" + log.read_text()[-3000:])
+    try:
         yield f"127.0.0.1:{gcs}", f"ray://127.0.0.1:{client}"
     finally:
         for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
