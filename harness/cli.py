@@ -57,7 +57,7 @@ def cli() -> None:
               help="Trials at once: process (default: one per GPU, else 2), ray (default: what the cluster fits).")
 @click.option("--ray-address", default=None,
               help="Ray executor: join this cluster (auto, HOST:PORT, or ray://HOST:10001 through Ray Client) "
-                   "instead of starting a local one.")
+                   "(default: $RAY_ADDRESS, else a local cluster of its own).")
 @click.option("--system-metrics", is_flag=True, help="Log MLflow's system metrics (CPU, memory, GPU) on the bench's run.")
 def bench(grid_file, overrides, only, device, tracking_uri, data_dir, resume, executor, workers, ray_address,
           system_metrics) -> None:

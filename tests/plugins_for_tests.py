@@ -79,7 +79,8 @@ class Sleeper:
     file path; the trial then keeps logging past ``steps`` (up to 100x) until that file exists, so a
     test can hold a trial running until the driver has seen what it waits for. ``$SLEEPER_SECONDS``
     overrides ``seconds`` without changing the trial (its key): a test's rerun of a trial that had
-    to be slow the first time (to be interrupted) finishes at once."""
+    to be slow the first time (to be interrupted) finishes at once. ``$SLEEPER_PIDS``: a directory
+    where each trial leaves a file named after the pid of the process running it."""
 
     name = "sleeper"
 
@@ -99,6 +100,8 @@ class Sleeper:
         saved = task.restore()  # it checkpoints too: a resumed trial continues from the saved step
         step = saved[0] if saved else 0
         seconds = float(os.environ.get("SLEEPER_SECONDS", cfg.seconds))
+        if os.environ.get("SLEEPER_PIDS"):
+            open(os.path.join(os.environ["SLEEPER_PIDS"], str(os.getpid())), "w").close()
         while step < cfg.steps or (cfg.until and not os.path.exists(cfg.until) and step < 100 * cfg.steps):
             time.sleep(seconds)
             task.log(step, loss=1.0 / (step + 1))

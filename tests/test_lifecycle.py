@@ -78,6 +78,14 @@ def wait_for(condition, what: str, timeout: float = 300.0):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def still_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (Linux: /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def all_runs(uri: str, name: str = "life") -> list:
     tracker = Tracker(uri)
     exp = tracker.experiment_id(name, create=False)
@@ -357,19 +365,33 @@ def test_a_restarted_stream_counts_the_new_attempts_points_only():
 @pytest.mark.parametrize("executor", ["inline", "process", "ray"])
 def test_an_interrupted_trial_resumes_from_its_mid_trial_checkpoint(tmp_path, tracking_uri, tests_plugin_env, executor):
     """Checkpoints every 0.5 s; Ctrl-C once one exists; the rerun's distillation starts where it was,
-    whichever executor ran it (a worker process, a Ray task: the checkpoint directory is the driver's)."""
+    whichever executor ran it (a worker process, a Ray task: the checkpoint directory is the driver's).
+    No trial outlives the interrupted driver, not even in a worker that gets no CPU meanwhile: one
+    that did would finish the trial behind the rerun's back."""
     if executor == "ray":
         pytest.importorskip("ray", reason="Ray is the optional extra distill-harness[ray]; `make setup` installs it")
     grid = write_grid(tmp_path, steps=600, seconds=0.02, extra=f'checkpoint_every = 0.5\nexecutor = "{executor}"')
-    env = {**tests_plugin_env, "HARNESS_CHECKPOINT_DIR": str(tmp_path / "ck")}
+    (tmp_path / "pids").mkdir()
+    env = {**tests_plugin_env, "HARNESS_CHECKPOINT_DIR": str(tmp_path / "ck"), "SLEEPER_PIDS": str(tmp_path / "pids")}
     proc = start_driver(grid, tracking_uri, env, tmp_path)
+    workers: list[int] = []
     try:
         wait_for(lambda: list((tmp_path / "ck").glob("*/skeleton.json")), "a mid-trial checkpoint")
+        workers = [int(p.name) for p in (tmp_path / "pids").iterdir()]  # written before the first step
+        assert workers
+        if executor != "inline":  # stopped, a worker cannot end itself (a cancel, its raylet's death), as on
+            for pid in workers:   # a machine too busy to run it: the driver or Ray must kill it
+                os.kill(pid, signal.SIGSTOP)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=300)
+        assert proc.returncode == 130
+        left = [pid for pid in workers if still_running(pid)]
+        assert not left, f"trial workers {left} outlived the interrupted driver"
     finally:
         proc.kill()
-    assert proc.returncode == 130
+        for pid in workers if executor != "inline" else []:
+            if still_running(pid):  # the test failed: end what it left (a stopped process takes SIGKILL)
+                os.kill(pid, signal.SIGKILL)
     assert list((tmp_path / "ck").glob("*/skeleton.json"))  # kept for the resume
     if executor == "ray":  # a cluster of its own, in a process of its own (this one may hold the Ray tests' cluster)
         rerun = subprocess.run([sys.executable, "-m", "harness", "bench", str(grid), "--tracking-uri", tracking_uri],

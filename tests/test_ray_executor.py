@@ -94,6 +94,62 @@ def test_ctrl_c_stops_the_ray_executor_when_the_signal_lands_on_one_of_its_threa
     interrupt_a_slot_thread_while_trials_run(RayExecutor(workers=2))
 
 
+def test_a_driver_kills_its_own_clusters_trial_workers_and_nothing_else(ray_cluster):
+    """What a Ctrl-C'd driver does before it shuts its own cluster down: a worker still running a
+    trial dies, even one that gets no CPU (stopped here), while the cluster's other processes live."""
+    import signal
+    import time
+
+    import psutil
+
+    from harness.executors.ray_executor import stop_trial_workers
+
+    def trial_task() -> None:  # the name a Ray worker running the executor's task takes
+        time.sleep(600)
+
+    def descendants() -> dict[int, str]:
+        found = {}
+        for process in psutil.Process().children(recursive=True):
+            try:
+                found[process.pid] = (process.cmdline() or [""])[0]
+            except psutil.Error:
+                pass
+        return found
+
+    ref = ray.remote(trial_task).options(num_cpus=1, max_retries=0).remote()
+    deadline = time.monotonic() + 300
+    while "ray::trial_task" not in descendants().values():
+        assert time.monotonic() < deadline, f"no worker ran the task: {descendants()}"
+        time.sleep(0.1)
+    others = {pid for pid, title in descendants().items() if title != "ray::trial_task"}
+    worker = next(pid for pid, title in descendants().items() if title == "ray::trial_task")
+    os.kill(worker, signal.SIGSTOP)
+    stop_trial_workers()
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+    assert all(psutil.pid_exists(pid) for pid in others)
+    with pytest.raises(ray.exceptions.RayError):  # Ray sees a lost worker, and the cluster goes on
+        ray.get(ref, timeout=300)
+    assert ray.get(ray.remote(lambda: 7).remote(), timeout=300) == 7
+
+
+def test_without_an_address_the_executor_starts_a_cluster_of_its_own_unless_ray_address_names_one(monkeypatch):
+    """``ray.init(address=None)`` would also join the last ``ray start`` cluster of this host."""
+    from harness.executors.ray_executor import RayExecutor
+
+    addresses = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda address, **kwargs: addresses.append(address))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    RayExecutor().start([], None)  # (not closed: the module's cluster is this process's)
+    assert addresses == ["local"]
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    with pytest.raises(ConfigError, match=r"^no Ray cluster answers at 127.0.0.1:1 .* or check RAY_ADDRESS$"):
+        RayExecutor().start([], None)
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    RayExecutor().start([], None)
+    assert addresses == ["local", "auto"]
+
+
 def test_joining_ray_keeps_the_drivers_sigterm_handling(ray_cluster, tmp_path):
     """ray.init sets SIGTERM to sys.exit(15) in the process that calls it: the driver's own handler
     (`kill` ends the runs KILLED and prints how to resume, as Ctrl-C does) must be back afterwards.

@@ -1,14 +1,15 @@
 """The ``ray`` executor: each trial a Ray task, on a local Ray cluster or one you join; the driver
 process stays the only MLflow writer.
 
-``harness bench GRID --executor ray`` starts a local cluster (all cores of this machine);
-``--ray-address auto`` joins the cluster running here (``ray start --head``), ``HOST:PORT`` one by
-its GCS address and ``ray://HOST:10001`` a remote one through Ray Client, which runs no generator
-tasks: there each trial is one plain task that posts its start and curve points to a mailbox actor
-(:class:`Mailbox`, one per grid, no CPU) which the driver empties every half second, so progress and
-curves are live there too; every point also comes with the result. Nothing answering at
-the address is one line before any compute (Ray itself would retry for minutes). Ray is an
-optional extra: ``pip install 'distill-harness[ray]'`` (Ray with its client).
+``harness bench GRID --executor ray`` starts a local cluster (all cores of this machine), unless
+Ray's own ``RAY_ADDRESS`` names one to join; ``--ray-address auto`` joins the cluster running here
+(``ray start --head``), ``HOST:PORT`` one by its GCS address and ``ray://HOST:10001`` a remote one
+through Ray Client, which runs no generator tasks: there each trial is one plain task that posts
+its start and curve points to a mailbox actor (:class:`Mailbox`, one per grid, no CPU) which the
+driver empties every half second, so progress and curves are live there too; every point also comes
+with the result. Nothing answering at the address is one line before any compute (Ray itself would
+retry for minutes). Ray is an optional extra: ``pip install 'distill-harness[ray]'`` (Ray with its
+client).
 
 Each trial is a Ray task asking for ``num_cpus = cpus_per_trial`` and ``num_gpus = gpus_per_trial``
 from the grid's ``[resources]`` table (fractions allowed: ``gpus_per_trial = 0.5`` puts two trials
@@ -24,6 +25,8 @@ that raises is a FAILED result (the task itself never raises), so Ray never retr
 worker process or node is lost is resubmitted up to ``retries`` times (default 1: the trial starts
 again, from its checkpoint if it has one), then FAILED with Ray's reason. A trial past its
 ``trial_timeout`` (plus the process executor's grace for its own clean stop) is cancelled with its worker killed.
+On a cluster of its own, the driver kills any worker still running a trial (Ctrl-C) before it shuts
+the cluster down, so no trial outlives the driver.
 """
 
 from __future__ import annotations
@@ -61,7 +64,9 @@ class RayExecutor:
 
         if importlib.util.find_spec("ray") is None:  # before any data is loaded
             raise ConfigError("executor 'ray' needs Ray: pip install 'distill-harness[ray]'")
-        self.workers, self.address, self.retries = workers, address, retries
+        self.workers, self.retries = workers, retries
+        self.address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable, honoured
+        self._address_source = "--ray-address" if address else "RAY_ADDRESS"
         self.resources = dict(resources or {})
         self._device_type = "cpu"  # the driver's resolved device (start): CUDA trials ask for a GPU each
         self._started_cluster = False
@@ -74,7 +79,7 @@ class RayExecutor:
         if ctx is not None:
             self._device_type = ctx.device.type
         if not ray.is_initialized():
-            check_reachable(self.address)  # Ray itself retries an unreachable address for minutes
+            check_reachable(self.address, source=self._address_source)  # Ray would retry it for minutes
             level = logging.getLogger("ray").level
             logging.getLogger("ray").setLevel(logging.WARNING)  # its INFO lines would precede our one-line error
             env = {k: v for k, v in os.environ.items() if k.startswith("HARNESS_") or k in FORWARDED_ENV}
@@ -82,7 +87,8 @@ class RayExecutor:
             try:
                 for attempt in (1, 2):
                     try:
-                        ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                        # "local", not None: None would also join the last `ray start` cluster of this host
+                        ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=False,
                                  runtime_env={"env_vars": env} if env else None)
                         break
                     except ConnectionAbortedError:  # Ray Client: the head's per-client server failed to start
@@ -96,7 +102,7 @@ class RayExecutor:
                         ) if self.address and os.environ.get("RAY_AUTH_MODE") != "token" else ""
                 lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
                 detail = one_line(exc) + (f" ... {lines[-1]}" if len(lines) > 1 else "")  # the server's cause
-                raise ConfigError(f"could not {what} ({detail}); check --ray-address "
+                raise ConfigError(f"could not {what} ({detail}); check {self._address_source} "
                                   f"(auto, HOST:PORT or ray://HOST:10001){hint}") from None
             finally:
                 logging.getLogger("ray").setLevel(level)
@@ -110,6 +116,8 @@ class RayExecutor:
         if self._started_cluster:
             import ray
 
+            if self.address in (None, "local"):  # a cluster of its own: its processes descend from this one
+                stop_trial_workers()
             ray.shutdown()
             self._started_cluster = False
 
@@ -250,6 +258,38 @@ class RayExecutor:
             deadline = relay(kind, payload, ctx, deadline)
 
 
+def stop_trial_workers(timeout: float = 60.0) -> None:
+    """Kill the workers of this driver's own cluster that still run a trial, and wait until they are
+    gone: a force-cancelled task (Ctrl-C, a trial past its limit) ends when its worker gets to it,
+    and a worker that a loaded machine keeps waiting outlives ``ray.shutdown`` by seconds, long
+    enough to finish the trial and keep its set behind the next run's back. A Ray worker names its
+    process after the task it runs (``ray::trial_task``); its parent is the raylet, this process's child."""
+    import psutil  # a dependency of the harness (and Ray ships its own)
+
+    running = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if process.cmdline()[:1] == [f"ray::{trial_task.__name__}"]:
+                process.kill()
+                running.append(process)
+        except (psutil.Error, IndexError):  # gone meanwhile
+            pass
+    deadline = time.monotonic() + timeout
+    while running and time.monotonic() < deadline:
+        running = [p for p in running if _still_running(p)]
+        if running:
+            time.sleep(0.05)
+
+
+def _still_running(process: Any) -> bool:
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE  # a zombie is dead; the raylet reaps it
+    except psutil.Error:
+        return False
+
+
 def require_ray() -> Any:
     try:
         import ray
@@ -258,9 +298,9 @@ def require_ray() -> Any:
     return ray
 
 
-def check_reachable(address: str | None, timeout: float = 10.0) -> None:
+def check_reachable(address: str | None, timeout: float = 10.0, source: str = "--ray-address") -> None:
     """One line, before any compute, when nothing answers at ``HOST:PORT`` or ``ray://HOST[:PORT]``
-    (``auto`` and a local cluster are Ray's to find)."""
+    (``auto`` and a local cluster are Ray's to find); ``source``: where the address came from."""
     import socket
 
     if not address or address in ("auto", "local"):
@@ -268,12 +308,12 @@ def check_reachable(address: str | None, timeout: float = 10.0) -> None:
     rest = address[len("ray://"):] if address.startswith("ray://") else address
     host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "10001" if address.startswith("ray://") else "6379")
     if not port.isdigit():
-        raise ConfigError(f"--ray-address {address!r} is not auto, HOST:PORT or ray://HOST:PORT")
+        raise ConfigError(f"{source} {address!r} is not auto, HOST:PORT or ray://HOST:PORT")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
         raise ConfigError(f"no Ray cluster answers at {address} ({one_line(exc)}); start one there "
-                          f"(ray start --head) or check --ray-address") from None
+                          f"(ray start --head) or check {source}") from None
 
 
 def fits(cluster: dict, cpus: float, gpus: float) -> int:
