@@ -263,17 +263,23 @@ def stop_trial_workers(timeout: float = 60.0) -> None:
     gone: a force-cancelled task (Ctrl-C, a trial past its limit) ends when its worker gets to it,
     and a worker that a loaded machine keeps waiting outlives ``ray.shutdown`` by seconds, long
     enough to finish the trial and keep its set behind the next run's back. A Ray worker names its
-    process after the task it runs (``ray::trial_task``); its parent is the raylet, this process's child."""
+    process after the task it runs (``ray::trial_task``); its parent is the cluster's raylet, a child
+    of this process (a raylet further down belongs to another driver's cluster)."""
     import psutil  # a dependency of the harness (and Ray ships its own)
 
     running = []
-    for process in psutil.Process().children(recursive=True):
+    for raylet in psutil.Process().children():
         try:
-            if process.cmdline()[:1] == [f"ray::{trial_task.__name__}"]:
-                process.kill()
-                running.append(process)
-        except (psutil.Error, IndexError):  # gone meanwhile
-            pass
+            workers = raylet.children() if raylet.name() == "raylet" else []
+        except psutil.Error:
+            continue
+        for process in workers:
+            try:
+                if process.cmdline()[:1] == [f"ray::{trial_task.__name__}"]:
+                    process.kill()
+                    running.append(process)
+            except psutil.Error:  # gone meanwhile
+                pass
     deadline = time.monotonic() + timeout
     while running and time.monotonic() < deadline:
         running = [p for p in running if _still_running(p)]
