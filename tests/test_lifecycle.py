@@ -393,12 +393,10 @@ def test_an_interrupted_trial_resumes_from_its_mid_trial_checkpoint(tmp_path, tr
             if still_running(pid):  # the test failed: end what it left (a stopped process takes SIGKILL)
                 os.kill(pid, signal.SIGKILL)
     assert list((tmp_path / "ck").glob("*/skeleton.json"))  # kept for the resume
-    if executor == "ray":  # a cluster of its own, in a process of its own (this one may hold the Ray tests' cluster)
-        rerun = subprocess.run([sys.executable, "-m", "harness", "bench", str(grid), "--tracking-uri", tracking_uri],
-                               cwd=tmp_path, env={**os.environ, **env, **RERUN_AT_ONCE}, capture_output=True,
-                               text=True, timeout=600)
-    else:  # the rerun in this process: what the killed driver left is the point, not the rerun's process
-        rerun = run_harness("bench", str(grid), "--tracking-uri", tracking_uri, cwd=tmp_path, env={**env, **RERUN_AT_ONCE})
+    # the rerun inline, in this process: what the interrupted driver left is the point (its checkpoint,
+    # kept under the driver's directory whichever executor wrote it, and no worker finishing the trial)
+    rerun = run_harness("bench", str(grid), "--tracking-uri", tracking_uri, "--executor", "inline", cwd=tmp_path,
+                        env={**env, **RERUN_AT_ONCE})
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     tracker = Tracker(tracking_uri)
     finished = next(r for r in all_runs(tracking_uri) if r.info.status == "FINISHED"
