@@ -18,6 +18,7 @@ from harness.grid import build_grid
 from harness.tracking import Tracker
 
 from test_executors import DIGITS, accuracies, interrupt_a_slot_thread_while_trials_run
+from test_lifecycle import still_running
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra distill-harness[ray]; `make setup` installs it")
 pytestmark = pytest.mark.xdist_group("ray")  # one cluster for the module, in one test worker
@@ -125,7 +126,7 @@ def test_a_driver_kills_its_own_clusters_trial_workers_and_nothing_else(ray_clus
     worker = next(pid for pid, title in descendants().items() if title == "ray::trial_task")
     os.kill(worker, signal.SIGSTOP)
     stop_trial_workers()
-    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+    assert not still_running(worker)
     assert all(psutil.pid_exists(pid) for pid in others)
     with pytest.raises(ray.exceptions.RayError):  # Ray sees a lost worker, and the cluster goes on
         ray.get(ref, timeout=300)

@@ -57,7 +57,10 @@ def running_cluster(tmp_path):
                 socket.create_connection(("127.0.0.1", client), timeout=2).close()
                 break
             except OSError:
-                assert time.monotonic() < deadline, "the Ray Client server did not start"
+                if time.monotonic() > deadline:  # not left running behind the failed test
+                    os.killpg(head.pid, signal.SIGKILL)
+                    raise AssertionError("the Ray Client server did not start; Ray said:\n"
+                                         + log.read_text()[-3000:]) from None
                 time.sleep(1)
         if head.poll() is None:
             break
