@@ -232,6 +232,17 @@ def run_bench(grid: Grid, plugins: Any, *, tracking_uri: str | None = None, data
 def _bench(grid: Grid, plan: Any, ctx: Any, executor: Any, tracking_uri: str | None, resume: bool,
            console: Any, system_metrics: bool = False) -> BenchOutcome:
     """The part of :func:`run_bench` after the plan: MLflow set-up, the executor's trials, the summary."""
+    from .tracking import Tracker
+
+    tracker = Tracker(tracking_uri)
+    try:
+        return _bench_into(tracker, grid, plan, ctx, executor, resume, console, system_metrics)
+    finally:
+        tracker.close()  # the store's file alone holds the bench
+
+
+def _bench_into(tracker: Any, grid: Grid, plan: Any, ctx: Any, executor: Any, resume: bool, console: Any,
+                system_metrics: bool) -> BenchOutcome:
     import torch
 
     from . import __version__
@@ -241,10 +252,8 @@ def _bench(grid: Grid, plan: Any, ctx: Any, executor: Any, tracking_uri: str | N
     from .report import leaderboard, runs_frame, to_markdown
     from .runner import SKIPPED
     from .spool import flush as flush_spool
-    from .tracking import Tracker
 
     dev = ctx.device
-    tracker = Tracker(tracking_uri)
     synced = flush_spool(tracker)  # trials finished while the store was down count as finished now
     if synced:
         console.print(f"logged {synced} spooled trial(s) into {tracker.uri}", highlight=False)

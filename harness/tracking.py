@@ -10,18 +10,18 @@ run per evaluation recipe. Every trial run and every recipe run has the same par
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from .errors import HarnessError, one_line
 from .lifecycle import (CLAIM, CLAIM_ATTEMPTS, HEARTBEAT, PENDING, WON, claim_order, driver_tags, env_seconds,
                         has_won, is_dead, last_alive_ms, now_ms)
+from .sqlite_store import store_lock, write_ahead
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 RUN_KIND, TRIAL_KEY, GRID_KEY = "run_kind", "trial_key", "grid_key"
@@ -105,29 +105,6 @@ def _quiet_mlflow() -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
-@contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """Serialise the first use of a sqlite store across processes: MLflow creating (migrating) one
-    fresh store from two processes at once fails. Other stores need no lock."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    lock = Path(uri[len("sqlite:///"):] + ".lock")
-    try:
-        handle = open(lock, "a+")
-    except OSError as exc:  # a read-only or missing directory: the store cannot be written either
-        raise HarnessError(f"cannot use MLflow tracking store {uri}: {exc.strerror} ({lock}); "
-                           f"check --tracking-uri") from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class Tracker:
     """The driver's MLflow client: one store request at a time in this process (see :class:`_Retrying`)."""
 
@@ -139,10 +116,31 @@ class Tracker:
         self._open: dict[str, tuple[str, dict]] = {}  # trial run -> (experiment id, its params)
         self._claim_orders: dict[str, tuple[int, str]] = {}  # trial run -> its claim_order, as created
         waits = env_seconds(RETRY_ENV, RETRY_WAITS)
-        with _store_lock(self.uri):  # creating (migrating) the store happens here: a broken one fails in one line
+        with store_lock(self.uri):  # creating (migrating) the store happens here: a broken one fails in one line
             self.client = _Retrying(self._guard(lambda: MlflowClient(tracking_uri=self.uri)), waits)
             if self.uri.startswith("sqlite:///"):
                 self._guard(lambda: self.client.search_experiments(max_results=1))
+                write_ahead(self._engine())
+
+    def _engine(self) -> Any:
+        """The SQLAlchemy engine of MLflow's sqlite store (one per store URI in a process), or None."""
+        try:
+            return self.client._client._tracking_client.store.engine
+        except AttributeError:  # another store, or an MLflow that keeps it elsewhere: left as it is
+            return None
+
+    def close(self) -> None:
+        """Fold the write-ahead log into the store's file and close this process's connections, so
+        that the ``.db`` file alone holds every run (a copy of it is complete) once the driver is done."""
+        engine = self._engine() if self.uri.startswith("sqlite:///") else None
+        if engine is None:
+            return
+        try:
+            with engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            engine.dispose()
+        except Exception:  # noqa: BLE001 - the log is folded in by the next connection to close anyway
+            pass
 
     def _guard(self, call: Any) -> Any:
         """Run a store call; an unusable store becomes one HarnessError line naming it."""
@@ -179,7 +177,7 @@ class Tracker:
                 self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
             return exp.experiment_id
 
-        with _store_lock(self.uri):
+        with store_lock(self.uri):
             return self._guard(get_or_create)
 
     # -- reading ---------------------------------------------------------------------------------

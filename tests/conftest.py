@@ -49,7 +49,9 @@ def mlflow_template(tmp_path_factory) -> Path:
     from harness.tracking import Tracker
 
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    Tracker(f"sqlite:///{path}").client.search_experiments()
+    tracker = Tracker(f"sqlite:///{path}")
+    tracker.client.search_experiments()
+    tracker.close()  # its write-ahead log folded into the file: a copy of the file is the whole store
     return path
 
 

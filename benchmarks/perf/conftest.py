@@ -12,7 +12,9 @@ def _mlflow_template(tmp_path_factory):
     from harness.tracking import Tracker
 
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    Tracker(f"sqlite:///{path}").client.search_experiments()  # migrate once
+    tracker = Tracker(f"sqlite:///{path}")
+    tracker.client.search_experiments()  # migrate once
+    tracker.close()  # its write-ahead log folded into the file, which the tests copy
     return path
 
 

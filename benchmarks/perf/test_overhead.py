@@ -46,14 +46,24 @@ def test_test_accuracy_on_digits_test_split(benchmark, digits, arch):
     benchmark(accuracy, model, xt, yt)
 
 
-def test_mlflow_logging_of_one_trial(benchmark, tracking_uri, tmp_path):
+@pytest.mark.parametrize("journal", ["wal", "rollback"])
+def test_mlflow_logging_of_one_trial(benchmark, tracking_uri, tmp_path, monkeypatch, journal):
     """Driver-side cost of logging one finished trial (params, its dataset inputs, metrics, curves,
-    artifacts, and a run per recipe: two recipes, as most grids evaluate)."""
+    artifacts, and a run per recipe: two recipes, as most grids evaluate). ``journal``: the store as
+    the harness sets it up (write-ahead log, harness.sqlite_store) or as sqlite's default leaves it
+    (a rollback journal, synced on every commit), for the ratio."""
+    import sqlite3
+
+    import harness.tracking
     from harness.runner import RecipeResult, TrialResult
     from harness.tracking import Tracker
     from harness.trial import Trial
 
-    benchmark.group = "mlflow"
+    benchmark.group = "mlflow" if journal == "wal" else "mlflow-rollback"
+    if journal == "rollback":
+        with sqlite3.connect(tracking_uri[len("sqlite:///"):]) as connection:
+            connection.execute("PRAGMA journal_mode=DELETE")
+        monkeypatch.setattr(harness.tracking, "write_ahead", lambda engine: None)
     tracker = Tracker(tracking_uri)
     exp = tracker.experiment_id("perf")
     parent = tracker.start_bench(exp, "bench/perf", {}, {})
