@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import driver_zygote
 import pytest
 import torch
 from cli_in_process import run_harness
@@ -62,10 +63,11 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_driver(grid: Path, uri: str, env: dict, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness", "bench", str(grid), "--tracking-uri", uri],
-                            cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=_default_sigint)
+def start_driver(grid: Path, uri: str, env: dict, cwd: Path) -> "driver_zygote.Driver | subprocess.Popen":
+    """``harness bench GRID`` in a driver process of its own (forked from this worker's warm zygote:
+    tests/driver_zygote.py), its output piped, SIGINT raising KeyboardInterrupt as on a terminal."""
+    return driver_zygote.start_driver(["bench", str(grid), "--tracking-uri", uri], {**os.environ, **env}, cwd,
+                                      preexec_fn=_default_sigint)
 
 
 def wait_for(condition, what: str, timeout: float = 300.0):

@@ -7,11 +7,11 @@ import dataclasses
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from cli_in_process import run_harness
+from driver_zygote import run_driver
 from conftest import free_port, start_mlflow_server, stop_mlflow_server
 from test_lifecycle import all_runs, running_trial, start_driver, wait_for, write_grid
 
@@ -20,8 +20,8 @@ from harness.tracking import Tracker, is_transient
 
 
 def harness(*args: str, cwd: Path, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=timeout)
+    """``harness ARGS`` in a driver process of its own (tests/driver_zygote.py)."""
+    return run_driver(list(args), {**os.environ, **env}, cwd, timeout)
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
