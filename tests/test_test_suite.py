@@ -32,3 +32,26 @@ def test_loadgroup_runs_an_xdist_group_in_one_worker(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     workers = {(tmp_path / f"worker-{i}").read_text() for i in range(6)}
     assert len(workers) == 1, f"the group ran on {sorted(workers)}"
+
+
+def test_a_driver_forked_from_the_zygote_runs_as_a_fresh_one_would(tmp_path, tests_plugin_env):
+    """tests/driver_zygote.py: a forked driver is a process of its own that takes its environment,
+    working directory and ``PYTHONPATH`` (plugins found through entry points there), runs the
+    ``sitecustomize`` it finds there first, and gives back its exit code and output."""
+    import os
+
+    import driver_zygote
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import os, pathlib\npathlib.Path('started-by').write_text(str(os.getpid()))\n")
+    env = {**os.environ, **tests_plugin_env,
+           "PYTHONPATH": os.pathsep.join([str(hooks), tests_plugin_env["PYTHONPATH"]])}
+    listed = driver_zygote.run_driver(["ls", "distillers"], env, tmp_path)
+    assert listed.returncode == 0 and "sleeper" in listed.stdout, listed.stdout + listed.stderr  # a tests plugin
+    pid = int((tmp_path / "started-by").read_text())  # written in the driver's working directory
+    assert pid != os.getpid()
+    bad = driver_zygote.run_driver(["bench", "missing.toml"], env, tmp_path)
+    assert bad.returncode == 2 and bad.stdout == "", bad.stdout + bad.stderr
+    assert len(bad.stderr.splitlines()) == 1 and "missing.toml" in bad.stderr
