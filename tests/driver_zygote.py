@@ -110,9 +110,13 @@ class Zygote:
         err_r, err_w = os.pipe()
         request = json.dumps({"argv": argv, "env": env, "cwd": str(cwd)}).encode() + b"\n"
         with self._lock:
-            socket.send_fds(self._socket, [request], [out_w, err_w])
-            os.close(out_w)
-            os.close(err_w)
+            try:
+                socket.send_fds(self._socket, [request], [out_w, err_w])
+            except OSError:  # it exited (say, an import failed): its log says why
+                raise RuntimeError(f"the driver zygote is gone; its log: {self._log.read_text()[-2000:]}") from None
+            finally:
+                os.close(out_w)
+                os.close(err_w)
             pid = None
             while pid is None:
                 message = self._read(timeout=300)
@@ -153,11 +157,13 @@ class Zygote:
         return message
 
     def close(self) -> None:
+        """End the zygote (its drivers are the tests' to end) and remove its log."""
         self._socket.close()
         try:
             self._process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self._process.kill()
+        self._log.unlink(missing_ok=True)
 
 
 _zygote: Zygote | None = None
