@@ -243,6 +243,7 @@ def _bench(grid: Grid, plan: Any, ctx: Any, executor: Any, tracking_uri: str | N
 
 def _bench_into(tracker: Any, grid: Grid, plan: Any, ctx: Any, executor: Any, resume: bool, console: Any,
                 system_metrics: bool) -> BenchOutcome:
+    """:func:`_bench` with its store open: resume checks, the parent run, the trials, the summary."""
     import torch
 
     from . import __version__

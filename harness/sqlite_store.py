@@ -35,9 +35,9 @@ def store_lock(uri: str) -> Iterator[None]:
 def write_ahead(engine: Any) -> None:
     """Put a sqlite store in write-ahead-log mode, committed without a sync per transaction.
 
-    MLflow commits a dozen or more times per logged trial; with sqlite's default rollback journal
-    each commit syncs the file two or three times, a third of the store's time per trial
-    (benchmarks/perf: results/perf.md). In WAL mode with ``synchronous=NORMAL`` a commit appends to
+    MLflow commits about two dozen times per logged trial; with sqlite's default rollback journal
+    each commit syncs the journal and the file, a quarter of the store's time per trial here
+    (results/perf.md, both journals timed in one run). In WAL mode with ``synchronous=NORMAL`` a commit appends to
     the log and the log is synced at checkpoints: a process that dies (Ctrl-C, ``kill -9``) loses no
     committed run; a power cut may roll back the last commits, never corrupt the store (sqlite's
     documented guarantee), and a rolled-back trial is rerun by the next bench. Readers such as the

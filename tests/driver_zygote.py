@@ -2,8 +2,8 @@
 
 A fresh ``python -m harness bench`` spends about 6 s of CPU importing torch, MLflow, matplotlib and
 pandas before it reads its grid, and the tests that interrupt, kill and race real drivers start
-dozens: on the 2-core test machine those imports were a third of the suite's CPU. The zygote (one
-per test worker) imports them once; each driver is then a fork of it that runs ``python -m harness
+dozens: on the 2-core test machine those drivers took about 30% of the suite's CPU, most of it in
+these imports. The zygote (one per test worker, started by its first driver) imports them once; each driver is then a fork of it that runs ``python -m harness
 ARGS`` from the point after the imports: a real process of its own (its own pid, signal handlers,
 exit status, stdout and stderr pipes, environment and working directory), started with the
 disposition a terminal gives it (SIGINT raises KeyboardInterrupt).

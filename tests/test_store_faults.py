@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from cli_in_process import run_harness
-from driver_zygote import run_driver
 from conftest import free_port, start_mlflow_server, stop_mlflow_server
+from driver_zygote import run_driver
 from test_lifecycle import all_runs, running_trial, start_driver, wait_for, write_grid
 
 from harness.spool import pending
