@@ -138,9 +138,9 @@ class Tracker:
         try:
             with engine.connect() as connection:
                 connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-            engine.dispose()
-        except Exception:  # noqa: BLE001 - the log is folded in by the next connection to close anyway
+        except Exception:  # noqa: BLE001 - the log is folded in by the last connection to close anyway
             pass
+        engine.dispose()
 
     def _guard(self, call: Any) -> Any:
         """Run a store call; an unusable store becomes one HarnessError line naming it."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -81,13 +82,9 @@ class Driver:
             os.kill(self.pid, signum)
 
     def kill(self) -> None:
-        import signal
-
         self.send_signal(signal.SIGKILL)
 
     def terminate(self) -> None:
-        import signal
-
         self.send_signal(signal.SIGTERM)
 
 
@@ -128,7 +125,7 @@ class Zygote:
 
     def exit_code(self, pid: int) -> int | None:
         with self._lock:
-            while (message := self._read(timeout=0)) is not None:
+            while self._read(timeout=0) is not None:  # every message so far
                 pass
             return self._exits.get(pid)
 
@@ -238,7 +235,6 @@ def _serve(sock: socket.socket) -> dict:
 def _become(request: dict) -> None:
     """Turn this fork into what ``python -m harness ARGV`` is after its imports."""
     import importlib
-    import signal
     import tempfile
 
     os.dup2(request["out"], 1)
