@@ -72,3 +72,23 @@ def test_a_distiller_with_settings_per_budget_is_one_line_and_variants_sharing_a
     lines = {line.get_label(): len(line.get_xdata()) for line in figure.axes[0].get_lines()}
     assert lines == {"dm (settings per budget)": 2, "random": 2}
     plt.close("all")
+
+
+def test_the_legend_beside_the_axes_and_every_label_fit_inside_the_figure_at_fixed_margins():
+    """Margins are fixed, not found by a layout engine (harness.plots): the legend, however long its
+    labels, sits right of the axes, and titles and tick labels stay inside the figure."""
+    import matplotlib.pyplot as plt
+
+    b = board()
+    b.loc[b["distiller"] == "dm", "variant"] = "iterations=2000 lr_img=0.1 init=real, a long variant"
+    for name, figure in make_plots(b).items():
+        if name.endswith("cross-arch.png"):
+            continue
+        renderer = figure.canvas.get_renderer()
+        figure.draw(renderer)
+        axes, box = figure.axes[0], figure.bbox
+        legend = figure.legends[0].get_window_extent(renderer)
+        assert legend.x0 > axes.get_window_extent(renderer).x1 and legend.x1 <= box.x1 + 1, name
+        tight = axes.get_tightbbox(renderer)  # the axes with its tick labels, axis labels and title
+        assert tight.x0 >= 0 and tight.y0 >= 0 and tight.y1 <= box.y1 + 1, name
+    plt.close("all")
