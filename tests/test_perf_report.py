@@ -39,6 +39,8 @@ def test_ratios_and_verdicts_come_from_the_one_run():
                 bench("executors", "test_process_vs_inline", 30.0, inline=[20.0, 22.0], process=[10.0, 12.0],
                       ray=[14.0, 16.0], bare=[18.0, 19.0], bare2=[10.0, 11.0], workers=2, trials=4),
                 bench("cli-cold-start", "test_cold_start[--help]", 0.2),
+                bench("figures", "test_figures_of_a_leaderboard[fixed]", 0.3),
+                bench("figures-constrained", "test_figures_of_a_leaderboard[constrained]", 0.4),
             ]}
     side = {"median": {"ld/theirs": 0.4, "ld/ours": 0.1, "ld-rr/theirs": 0.4, "ld-rr/ours": 0.3},
             "setting": {"dataset": "d", "arch": "lenet", "base_images": 100, "base_batch": 50, "target_batch": 1024,
@@ -63,6 +65,8 @@ def test_ratios_and_verdicts_come_from_the_one_run():
            "10.00 s: **1.80x** is what two processes gain on this machine at all; the process executor " \
            "reaches 111% of it." in md
     assert "| `harness --help` | 200.0 ms | ≤ 1 s | met |" in md
+    assert "take 300.0 ms to draw and save at fixed margins, where matplotlib's constrained layout took " \
+           "400.0 ms in the same run (25% less)." in md
     assert "| ld | 400.0 ms | 100.0 ms | 0.25 | ≤ 0.5 | met |" in md
     assert "| ld-rr | 400.0 ms | 300.0 ms | 0.75 | ≤ 0.5 | **missed** |" in md
     assert "sldd |" not in md  # not measured: no row, no invented number

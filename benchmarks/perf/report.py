@@ -199,6 +199,16 @@ def render(data: dict, side: dict | None = None) -> str:
             if info.get("note"):
                 out += [info["note"], ""]
 
+    if "figures" in groups and "figures-constrained" in groups:
+        b = next(iter(groups["figures"].values()))
+        fixed, separately = b["stats"]["mean"], b.get("extra_info", {}).get("measured_separately")
+        constrained = next(iter(groups["figures-constrained"].values()))["stats"]["mean"]
+        out += ["Of the per-grid time, the leaderboard's two figures (accuracy vs budget, cost frontier; "
+                "benchmarks/perf/test_figures.py, 4 distillers x 3 budgets) take "
+                f"{_fmt(fixed)} to draw and save at fixed margins, where matplotlib's constrained layout took "
+                f"{_fmt(constrained)} in the same run ({1 - fixed / constrained:.0%} less)"
+                + (f"; measured separately from the rest of this file: {separately}" if separately else "") + ".", ""]
+
     if "executors" in groups:
         info = next(iter(groups["executors"].values())).get("extra_info", {})
         if info.get("inline") and info.get("process"):
