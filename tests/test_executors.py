@@ -86,6 +86,31 @@ def test_a_worker_that_dies_or_hangs_fails_only_its_trial(tmp_path, tracking_uri
     assert runs["random/tiny/tiny-mlp/ipc1/seed0"][0] == "FINISHED"
 
 
+def test_a_worker_takes_the_drivers_environment_as_it_is_when_the_worker_starts(tmp_path, tracking_uri,
+                                                                                worker_plugins, monkeypatch):
+    """Workers fork from a server that outlives a bench (harness.executors.process.start_method), started
+    with the environment of its own start; each worker still runs in the driver's environment of the
+    moment it starts, as a spawned worker would."""
+    import os
+
+    from harness.executors.process import start_method
+
+    doc = {"device": "cpu", "executor": "process", "distillers": {"sleeper": {"steps": 1, "seconds": 0.0}},
+           "grid": [{"distiller": ["sleeper"], "dataset": ["tiny"], "arch": ["tiny-mlp"], "ipc": [1]}],
+           "eval": {"models": 1, "epochs": 1}}
+    seen = []
+    for bench in range(2):
+        pids = tmp_path / f"pids-{bench}"
+        pids.mkdir()
+        monkeypatch.setenv("SLEEPER_PIDS", str(pids))  # where the trial's process leaves its pid
+        grid = build_grid({**doc, "name": f"env-{bench}"}, worker_plugins)
+        outcome = run_bench(grid, worker_plugins, tracking_uri=tracking_uri, data_dir=tmp_path, workers=1)
+        assert outcome.passed == 1
+        seen.append([int(p.name) for p in pids.iterdir()])
+    assert len(seen[0]) == len(seen[1]) == 1 and seen[0] != seen[1] and os.getpid() not in seen[0] + seen[1], seen
+    assert start_method() == "forkserver"  # Linux: the case under test
+
+
 def test_workers_only_for_an_executor_that_takes_them(tiny_plugins, tracking_uri, tmp_path):
     grid = build_grid({"grid": [{"distiller": "random", "dataset": "tiny", "arch": "tiny-mlp", "ipc": 1}]},
                       tiny_plugins)
