@@ -31,7 +31,7 @@ def test_ratios_and_verdicts_come_from_the_one_run():
                 bench("outer-step", "test_outer_steps[ld-ipc10-1]", 0.5, distiller="ld-ipc10", outer_steps=1),
                 bench("outer-step", "test_outer_steps[ld-ipc10-4]", 1.1, distiller="ld-ipc10", outer_steps=4),
                 bench("harness-overhead", "test_grid_wall_time", 20.5, bare=[9.0, 10.0, 11.0], bench=[10.5, 10.4, 12],
-                      note="Added by hand: reruns."),
+                      note="Added by hand: reruns.", measured_separately="then, commit c"),
                 bench("mlflow", "test_mlflow_logging_of_one_trial", 0.04, requests=12,
                       by_request={"create_run": [3, 0.03], "set_terminated": [3, 0.015]}),
                 bench("mlflow-request", "test_mlflow_one_request", 0.003),
@@ -51,6 +51,7 @@ def test_ratios_and_verdicts_come_from_the_one_run():
     assert "| convnet | 1.00 s | 2.00 s | 0.50x | – | – | – | – | ≥ 1.0x (no slower) | **missed** |" in md  # no vmap, ceiling
     assert "| ld-ipc10 | 200.0 ms | 300.0 ms |" in md  # (1.1 - 0.5) / 3 per step; 0.5 - 0.2 set-up
     assert "| 10.00 s | 10.50 s | +9.1% | ≤ 3% | **missed** |" in md  # the median round, not 10.5 / 10
+    assert "median of each round's own); measured separately from the rest of this file: then, commit c." in md
     assert "Each round's overhead, in order: +16.7%, +4.0%, +9.1%." in md
     assert "The bench added 909.1 ms to 4 trials of 2.50 s each" in md  # 9.1% of 10 s; 227 ms a trial
     assert "under 3% for trials of 7.58 s or more." in md

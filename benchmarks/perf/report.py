@@ -176,7 +176,9 @@ def render(data: dict, side: dict | None = None) -> str:
                     "`run_bench` (plan, MLflow runs, live curves, artifacts, leaderboard) vs the bare trial "
                     "function over the same 4 trials, paired in each round "
                     f"(benchmarks/perf/test_harness_overhead.py; medians of {len(info['bare'])} rounds; the overhead is the "
-                    "median of each round's own).", "",
+                    "median of each round's own)"
+                    + (f"; measured separately from the rest of this file: {info['measured_separately']}"
+                       if info.get("measured_separately") else "") + ".", "",
                     "| bare trials | bench | overhead | target | |", "|---|---|---|---|---|",
                     f"| {_fmt(bare)} | {_fmt(bench)} | {over:+.1%} | ≤ 3% | {_verdict(over <= 0.03)} |", "",
                     "Each round's overhead, in order: "
