@@ -22,6 +22,8 @@ import harness
 from harness.errors import ConfigError, SpecError
 from harness.testing import check_distiller, make_task
 
+from driver_zygote import run_driver
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "harness-example-plugin"
 DIST = "harness-example-plugin"
@@ -56,8 +58,8 @@ def _env(site: Path, **extra: str) -> dict[str, str]:
 
 
 def _harness(site: Path, *args: str, cwd: Path | None = None, timeout: int = 120, **env: str):
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True,
-                          cwd=cwd, env=_env(site, **env), timeout=timeout)
+    """``python -m harness ARGS`` in a process of its own (tests/driver_zygote.py), the template on its path."""
+    return run_driver(list(args), _env(site, **env), cwd or Path.cwd(), timeout)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from harness.bench import run_bench
 from harness.errors import ConfigError
 from harness.grid import build_grid
 
+from driver_zygote import run_driver
 from test_executors import DIGITS, accuracies
 
 pytest.importorskip("ray", reason="Ray is the optional extra distill-harness[ray]; `make setup` installs it")
@@ -89,10 +90,8 @@ def running_cluster(tmp_path):
 @pytest.mark.slow  # after the other Ray tests have started their clusters: start-ups at once slow each other
 def test_joining_a_running_cluster_by_address_and_through_ray_client(running_cluster, tmp_path, mlflow_template):
     """--ray-address HOST:PORT and ray://HOST:PORT (Ray Client runs no generator tasks: whole tasks
-    posting to a mailbox actor) give the inline accuracies."""
-    import subprocess
-    import sys
-
+    posting to a mailbox actor) give the inline accuracies. Each joining driver is a process of its
+    own (tests/driver_zygote.py): the test process may hold a cluster of its own."""
     from harness.plugins import load_plugins
 
     doc = {**copy.deepcopy(DIGITS), "seeds": [0]}
@@ -105,20 +104,18 @@ def test_joining_a_running_cluster_by_address_and_through_ray_client(running_clu
     for i, address in enumerate(running_cluster):
         shutil.copy(mlflow_template, tmp_path / f"joined{i}.db")
         uri = f"sqlite:///{tmp_path / f'joined{i}'}.db"
-        proc = subprocess.run([sys.executable, "-m", "harness", "bench", str(tmp_path / "exec.toml"), "--executor",
-                               "ray", "--ray-address", address, "--tracking-uri", uri, "--data-dir", str(tmp_path)],
-                              env={**os.environ, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=900)
+        proc = run_driver(["bench", str(tmp_path / "exec.toml"), "--executor", "ray", "--ray-address", address,
+                           "--tracking-uri", uri, "--data-dir", str(tmp_path)],
+                          {**os.environ, "RAY_AUTH_MODE": "token"}, Path.cwd(), timeout=900)
         assert proc.returncode == 0, address + proc.stdout[-2000:] + proc.stderr[-2000:]
         assert accuracies(uri, "exec") == accuracies(inline, "exec"), address
 
 
 @pytest.mark.slow
 def test_an_address_where_no_cluster_answers_is_one_line_before_any_compute(tmp_path):
-    """Through the CLI in a fresh process: this module's own cluster is initialised in the test
-    process, where the executor rightly skips the probe (it is connected already)."""
+    """Through the CLI in a process of its own (tests/driver_zygote.py): the test process may hold a
+    cluster of its own (tests/test_ray_executor.py), where the executor rightly skips the probe."""
     import socket
-    import subprocess
-    import sys
 
     from harness.executors.ray_executor import check_reachable
 
@@ -129,10 +126,9 @@ def test_an_address_where_no_cluster_answers_is_one_line_before_any_compute(tmp_
         held.bind(("127.0.0.1", 0))
         port = held.getsockname()[1]
         for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
-            proc = subprocess.run([sys.executable, "-m", "harness", "bench", str(tmp_path / "g.toml"), "--executor",
-                                   "ray", "--ray-address", address, "--tracking-uri",
-                                   f"sqlite:///{tmp_path / 'probe.db'}", "--data-dir", str(tmp_path)],
-                                  capture_output=True, text=True, timeout=600)
+            proc = run_driver(["bench", str(tmp_path / "g.toml"), "--executor", "ray", "--ray-address", address,
+                               "--tracking-uri", f"sqlite:///{tmp_path / 'probe.db'}", "--data-dir", str(tmp_path)],
+                              dict(os.environ), Path.cwd(), timeout=600)
             assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
             assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
             assert re.search(rf"no Ray cluster answers at {re.escape(address)} .*Connection refused.*ray start --head",
