@@ -37,9 +37,3 @@ def test_the_drivers_connections_commit_without_a_sync_each(tracking_uri):
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL: synced at checkpoints
     tracker.close()
-
-
-def test_an_http_store_is_left_as_it_is():
-    tracker = Tracker.__new__(Tracker)
-    tracker.uri = "http://127.0.0.1:5000"
-    tracker.close()  # nothing to fold in, nothing to close

@@ -93,6 +93,12 @@ def _overhead_parts(info: dict, trials: int) -> list[str]:
             f"{threshold(100)} or more on a grid of 100.", ""]
 
 
+def _separately(info: dict) -> str:
+    """The clause naming a benchmark's own run, when it was measured apart from the rest of the file."""
+    when = info.get("measured_separately")
+    return f"; measured separately from the rest of this file: {when}" if when else ""
+
+
 def render(data: dict, side: dict | None = None) -> str:
     groups: dict[str, dict[str, dict]] = defaultdict(dict)
     for b in data["benchmarks"]:
@@ -177,8 +183,7 @@ def render(data: dict, side: dict | None = None) -> str:
                     "function over the same 4 trials, paired in each round "
                     f"(benchmarks/perf/test_harness_overhead.py; medians of {len(info['bare'])} rounds; the overhead is the "
                     "median of each round's own)"
-                    + (f"; measured separately from the rest of this file: {info['measured_separately']}"
-                       if info.get("measured_separately") else "") + ".", "",
+                    + _separately(info) + ".", "",
                     "| bare trials | bench | overhead | target | |", "|---|---|---|---|---|",
                     f"| {_fmt(bare)} | {_fmt(bench)} | {over:+.1%} | ≤ 3% | {_verdict(over <= 0.03)} |", "",
                     "Each round's overhead, in order: "
@@ -203,13 +208,13 @@ def render(data: dict, side: dict | None = None) -> str:
 
     if "figures" in groups and "figures-constrained" in groups:
         b = next(iter(groups["figures"].values()))
-        fixed, separately = b["stats"]["mean"], b.get("extra_info", {}).get("measured_separately")
+        fixed = b["stats"]["mean"]
         constrained = next(iter(groups["figures-constrained"].values()))["stats"]["mean"]
         out += ["Of the per-grid time, the leaderboard's two figures (accuracy vs budget, cost frontier; "
                 "benchmarks/perf/test_figures.py, 4 distillers x 3 budgets) take "
                 f"{_fmt(fixed)} to draw and save at fixed margins, where matplotlib's constrained layout took "
                 f"{_fmt(constrained)} in the same run ({1 - fixed / constrained:.0%} less)"
-                + (f"; measured separately from the rest of this file: {separately}" if separately else "") + ".", ""]
+                + _separately(b.get("extra_info", {})) + ".", ""]
 
     if "executors" in groups:
         info = next(iter(groups["executors"].values())).get("extra_info", {})
@@ -219,8 +224,7 @@ def render(data: dict, side: dict | None = None) -> str:
                     f"4 CPU-bound trials, {info.get('workers', 2)} workers, paired per round "
                     f"(benchmarks/perf/test_executors.py; best of {len(info['inline'])} rounds: on this shared "
                     f"machine interference only adds time, and a disturbed round would flatter either side)"
-                    + (f"; measured separately from the rest of this file: {info['measured_separately']}"
-                       if info.get("measured_separately") else "") + ".", "",
+                    + _separately(info) + ".", "",
                     "| inline | process | speed-up | target | |", "|---|---|---|---|---|",
                     f"| {_fmt(inline)} | {_fmt(process)} | {inline / process:.2f}x | ≥ 1.7x | "
                     f"{_verdict(inline / process >= 1.7)} |", ""]
@@ -245,8 +249,7 @@ def render(data: dict, side: dict | None = None) -> str:
         out += ["## MLflow cost per trial", "",
                 "Logging one finished trial (params, its dataset inputs, metrics, 200 curve points, per-model "
                 "accuracies, a safetensors artifact, a run per recipe: two recipes) into a sqlite store"
-                + (f"; measured separately from the rest of this file: {b['extra_info']['measured_separately']}"
-                   if b.get("extra_info", {}).get("measured_separately") else "") + ".", ""]
+                + _separately(b.get("extra_info", {})) + ".", ""]
         if requests and one:
             by = b.get("extra_info", {}).get("by_request", {})
             parts = ", ".join(f"{name} {count} x {_fmt(seconds / count)}"
