@@ -119,3 +119,16 @@ def test_the_overhead_timed_inside_the_bench_gives_the_per_trial_and_per_grid_co
     # (0.55 / 4 + 0.09) / 0.03 and (0.55 / 100 + 0.09) / 0.03
     assert "under 3% for trials of 7.58 s or more on a grid of 4 trials, 3.18 s or more on a grid of 100." in md
     assert "The bench added" not in md  # the estimate from the noisy difference gives way to the timed parts
+
+
+def test_overhead_rounds_on_both_sides_of_the_target_decide_nothing():
+    def rendered(bench_times):
+        data = {"machine_info": {}, "datetime": "", "commit_info": {}, "benchmarks": [
+            bench("harness-overhead", "test_grid_wall_time", 10.0, bare=[10.0, 10.0, 10.0], bench=bench_times)]}
+        return load_report().render(data, None)
+
+    md = rendered([11.83, 9.95, 10.03])  # +18.3%, -0.5%, +0.3%: a median of +0.3% would read "met"
+    assert "| +0.3% | ≤ 3% | **unresolved** |" in md and "this run does not decide it" in md
+    assert "| +0.2% | ≤ 3% | met |" in rendered([10.01, 10.02, 10.03])
+    md = rendered([10.5, 10.6, 10.4])
+    assert "| +5.0% | ≤ 3% | **missed** |" in md and "does not decide" not in md

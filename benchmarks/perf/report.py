@@ -178,6 +178,7 @@ def render(data: dict, side: dict | None = None) -> str:
             bare, bench = statistics.median(info["bare"]), statistics.median(info["bench"])
             rounds = [b / a - 1 for a, b in zip(info["bare"], info["bench"])]
             over = statistics.median(rounds)  # of the paired rounds: each pair saw the same machine load
+            undecided = min(rounds) <= 0.03 < max(rounds)  # a median between rounds that disagree decides nothing
             out += ["## Harness overhead on a grid", "",
                     "`run_bench` (plan, MLflow runs, live curves, artifacts, leaderboard) vs the bare trial "
                     "function over the same 4 trials, paired in each round "
@@ -185,11 +186,15 @@ def render(data: dict, side: dict | None = None) -> str:
                     "median of each round's own)"
                     + _separately(info) + ".", "",
                     "| bare trials | bench | overhead | target | |", "|---|---|---|---|---|",
-                    f"| {_fmt(bare)} | {_fmt(bench)} | {over:+.1%} | ≤ 3% | {_verdict(over <= 0.03)} |", "",
+                    f"| {_fmt(bare)} | {_fmt(bench)} | {over:+.1%} | ≤ 3% | "
+                    f"{'**unresolved**' if undecided else _verdict(over <= 0.03)} |", "",
                     "Each round's overhead, in order: "
                     + ", ".join(f"{r:+.1%}" for r in rounds) + "."
                     + (" A negative overhead is noise: the difference is below what this machine resolves."
                        if min(rounds) < 0 else "")
+                    + (" The rounds fall on both sides of the target, so this run does not decide it (the "
+                       "machine's load changed between the paired runs): rerun on a quieter machine."
+                       if undecided else "")
                     + " One unrecorded warm-up round ran first (the first bare run pays the process's one-time "
                     "costs).", ""]
             trials = info.get("trials", 4)
